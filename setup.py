@@ -1,0 +1,59 @@
+"""Install lksmn_arch, a BasicSR plugin implementing LKSMN.
+
+Install without build isolation so that basicsr 1.4.2 (an sdist whose setup.py imports torch)
+builds against the torch already in the environment:
+
+    pip install --no-build-isolation -c constraints-cpu.txt -e .[test]      # CPU machine
+    pip install --no-build-isolation -e .[test]                              # GPU machine, torch already installed
+"""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+
+def read_version() -> str:
+    for line in (ROOT / 'lksmn_arch' / 'version.py').read_text().splitlines():
+        if line.startswith('__version__'):
+            return line.split('=')[1].strip().strip('\'"')
+    raise RuntimeError('lksmn_arch/version.py has no __version__')
+
+
+setup(
+    name='lksmn_arch',
+    version=read_version(),
+    description='LKSMN (Large Kernel Spatial Modulation Network) for lightweight image super-resolution, '
+    'as a BasicSR 1.4.2 plugin',
+    long_description=(ROOT / 'README.md').read_text(encoding='utf-8'),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['lksmn_arch', 'lksmn_arch.*']),
+    python_requires='>=3.9',
+    install_requires=[
+        'basicsr==1.4.2',
+        'torch>=1.13',
+        'einops',
+        # lmdb >= 2 refuses to open one environment twice in a process, which BasicSR does when
+        # train and val read the same LMDB; see lksmn_arch/compat.py.
+        'lmdb<2',
+        'opencv-python',
+        'pyyaml',
+        'tqdm',
+        'scikit-image',
+    ],
+    extras_require={
+        'test': ['pytest'],
+        'onnx': ['onnx', 'onnxruntime', 'onnxscript'],
+        'bench': ['spandrel'],
+    },
+    entry_points={
+        'console_scripts': [
+            'lksmn-train=lksmn_arch.train:main',
+            'lksmn-test=lksmn_arch.test:main',
+            'lksmn-prepare=lksmn_arch.prepare:main',
+            'lksmn-demo=lksmn_arch.demo:main',
+            'lksmn-upscale=lksmn_arch.upscale:main',
+            'lksmn-export=lksmn_arch.export:main',
+        ],
+    },
+)
