@@ -13,6 +13,7 @@ from .registry import tolerate_reregistration  # noqa: E402
 tolerate_reregistration()
 
 from .archs import *  # noqa: E402,F401,F403
+from .models import *  # noqa: E402,F401,F403
 from .archs.lksmn_arch import LKSMN  # noqa: E402
 from .version import __version__  # noqa: E402
 

@@ -104,9 +104,43 @@ def fix_scipy_ndimage_filters() -> bool:
     return True
 
 
+def fix_cpu_distributed() -> bool:
+    """Let BasicSR's ``--launcher pytorch`` run on machines without CUDA (torchrun with gloo).
+
+    BasicSR 1.4.2 calls ``torch.cuda.set_device(rank % device_count())`` (ZeroDivisionError without a
+    GPU) before ``init_process_group``, and wraps networks in ``DistributedDataParallel`` with
+    ``device_ids=[torch.cuda.current_device()]``. Without CUDA both steps are skipped, and the
+    ``nccl`` backend (CUDA only) becomes ``gloo``. With CUDA nothing changes.
+    """
+    if torch.cuda.is_available():
+        return False
+    from basicsr.models import base_model
+    from basicsr.utils import dist_util
+    if getattr(dist_util._init_dist_pytorch, '_lksmn_cpu', False):
+        return False
+
+    def _init_dist_pytorch(backend: str = 'gloo', **kwargs) -> None:
+        import torch.distributed as dist
+        dist.init_process_group(backend='gloo' if backend == 'nccl' else backend, **kwargs)
+
+    def model_to_device(self, net):
+        net = net.to(self.device)
+        if self.opt['dist']:
+            return torch.nn.parallel.DistributedDataParallel(
+                net, find_unused_parameters=self.opt.get('find_unused_parameters', False))
+        return net
+
+    _init_dist_pytorch._lksmn_cpu = True
+    dist_util._init_dist_pytorch = _init_dist_pytorch
+    base_model.BaseModel.model_to_device = model_to_device
+    APPLIED.append('basicsr distributed: CPU process groups (gloo) and DistributedDataParallel without CUDA')
+    return True
+
+
 def apply() -> List[str]:
     """Apply every fix whose breakage is present; return the list of what was applied so far."""
     fix_torchvision_ops()
     fix_functional_tensor()
     fix_scipy_ndimage_filters()
+    fix_cpu_distributed()
     return APPLIED

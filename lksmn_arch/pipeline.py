@@ -1,0 +1,182 @@
+"""BasicSR glue: run BasicSR's own train and test pipelines with LKSMN registered.
+
+``run_training`` / ``run_testing`` check the option file first (so that a wrong path or key is a
+clear message, not a traceback from a DataLoader worker), install the plugin's resume logic, and
+call ``basicsr.train.train_pipeline`` / ``basicsr.test.test_pipeline`` unchanged. Outputs
+(``experiments/``, ``tb_logger/``, ``results/``) go under ``root_path``, the working directory by default.
+"""
+import argparse
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import yaml
+
+import lksmn_arch  # noqa: F401  (compat fixes, LKSMN and LKSMNModel registered)
+from lksmn_arch import resume
+from lksmn_arch.dataset_checks import DatasetError, check_dataset_options, name_files_in_sample_errors
+
+
+class OptionsError(ValueError):
+    """The option file cannot run: names the file, the key or the path at fault."""
+
+
+def build_parser(prog: str, is_train: bool) -> argparse.ArgumentParser:
+    """The arguments BasicSR's ``parse_options`` reads, with help."""
+    what = 'Train' if is_train else 'Test'
+    out = 'experiments/<name>/ and tb_logger/<name>/' if is_train else 'results/<name>/'
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=f'{what} LKSMN with BasicSR\'s own {"training" if is_train else "test"} pipeline, '
+        f'driven by a BasicSR option file. Writes {out} under the current directory.')
+    parser.add_argument('-opt', required=True, metavar='OPT.yml', help='BasicSR option file (YAML)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
+                        help='distributed launcher: none (one process), pytorch (under torchrun) or slurm')
+    parser.add_argument('--auto_resume', action='store_true',
+                        help='continue from the newest valid training state of this experiment, if any')
+    parser.add_argument('--debug', action='store_true', help="BasicSR's debug mode (name prefixed with debug_)")
+    parser.add_argument('--local_rank', type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument('--force_yml', nargs='+', default=None, metavar='KEY:PATH=VALUE',
+                        help='override option values, e.g. train:total_iter=1000')
+    return parser
+
+
+def load_options(opt_path: str, force_yml: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Read an option file as BasicSR will (including ``--force_yml`` overrides)."""
+    path = Path(opt_path)
+    if not path.is_file():
+        raise OptionsError(f'option file {opt_path} does not exist')
+    try:
+        opt = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise OptionsError(f'option file {opt_path} is not valid YAML: {error}') from error
+    if not isinstance(opt, dict):
+        raise OptionsError(f'option file {opt_path} does not hold a mapping of options')
+    from basicsr.utils.options import _postprocess_yml_value
+    for entry in force_yml or []:
+        keys, _, value = entry.partition('=')
+        *parents, last = keys.strip().split(':')
+        node = opt
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or last not in node:
+            raise OptionsError(f'--force_yml {entry}: {keys.strip()} is not a key of {opt_path}')
+        node[last] = _postprocess_yml_value(value.strip())
+    return opt
+
+
+def _require(opt: Dict[str, Any], keys: str, opt_path: str) -> Any:
+    node: Any = opt
+    for key in keys.split('.'):
+        if not isinstance(node, dict) or key not in node:
+            raise OptionsError(f'{opt_path}: missing key {keys}')
+        node = node[key]
+    return node
+
+
+def check_options(opt: Dict[str, Any], opt_path: str, is_train: bool) -> None:
+    """Raise ``OptionsError`` for what would otherwise fail later with an obscure message."""
+    for key in ('name', 'model_type', 'num_gpu', 'network_g', 'datasets', 'path'):
+        _require(opt, key, opt_path)
+    num_gpu = opt['num_gpu']
+    if num_gpu != 'auto' and (type(num_gpu) is not int or num_gpu < 0):
+        raise OptionsError(f"{opt_path}: num_gpu must be 'auto' or a number >= 0, got {num_gpu!r}")
+    if num_gpu not in ('auto', 0):
+        import torch
+        if not torch.cuda.is_available():
+            raise OptionsError(f"{opt_path}: num_gpu is {num_gpu} but torch sees no CUDA GPU (use num_gpu: auto)")
+    network = opt['network_g']
+    scale = opt.get('scale')
+    if network.get('type') == 'LKSMN':
+        upscale = network.get('upscale', 4)
+        if scale is None:
+            raise OptionsError(f'{opt_path}: missing key scale (network_g.upscale is {upscale})')
+        if scale != upscale:
+            raise OptionsError(f'{opt_path}: scale ({scale}) differs from network_g.upscale ({upscale}); '
+                               f'they must be equal')
+    for key, value in (opt.get('path') or {}).items():
+        if key.startswith('pretrain_network') and value and not Path(os.path.expanduser(value)).is_file():
+            raise OptionsError(f'{opt_path}: path.{key} {value} does not exist')
+    if is_train:
+        _require(opt, 'logger.use_tb_logger', opt_path)
+        _require(opt, 'train.total_iter', opt_path)
+        if 'train' not in opt['datasets']:
+            raise OptionsError(f'{opt_path}: missing key datasets.train')
+    if not opt['datasets']:
+        raise OptionsError(f'{opt_path}: datasets is empty')
+    for phase, dataset_opt in opt['datasets'].items():
+        try:
+            check_dataset_options(dataset_opt, scale, f'datasets.{phase}')
+        except DatasetError as error:
+            raise OptionsError(f'{opt_path}: {error}') from error
+
+
+@contextmanager
+def _basicsr_argv(prog: str, argv: List[str]) -> Iterator[None]:
+    saved = sys.argv
+    sys.argv = [prog, *argv]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def _pass_dist_params_to_torchrun(opt: Dict[str, Any]) -> None:
+    """BasicSR passes ``dist_params`` to the slurm launcher only; give them to ``--launcher pytorch`` too."""
+    from basicsr.utils import options
+    params = dict(opt.get('dist_params') or {})
+    original = getattr(options.init_dist, '_lksmn_original', options.init_dist)
+    if not params:
+        options.init_dist = original
+        return
+
+    def init_dist(launcher: str, backend: str = 'nccl', **kwargs: Any) -> None:
+        if launcher == 'pytorch':
+            kwargs = {**{k: v for k, v in params.items() if k != 'backend'}, **kwargs}
+            backend = params.get('backend', backend)
+            kwargs.pop('port', None)  # a slurm-only setting
+        original(launcher, backend=backend, **kwargs)
+
+    init_dist._lksmn_original = original
+    options.init_dist = init_dist
+
+
+def _prepare(prog: str, argv: Optional[Sequence[str]], is_train: bool) -> List[str]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(prog, is_train).parse_args(argv)
+    opt = load_options(args.opt, args.force_yml)
+    check_options(opt, args.opt, is_train)
+    _pass_dist_params_to_torchrun(opt)
+    name_files_in_sample_errors()
+    return argv
+
+
+def run_training(argv: Optional[Sequence[str]] = None, root_path: Optional[str] = None,
+                 prog: str = 'lksmn-train') -> None:
+    """``basicsr.train.train_pipeline`` with checked options and the plugin's resume logic."""
+    import basicsr.train
+    argv = _prepare(prog, argv, is_train=True)
+    basicsr.train.load_resume_state = resume.load_resume_state
+    with _basicsr_argv(prog, argv):
+        basicsr.train.train_pipeline(os.path.abspath(root_path or os.getcwd()))
+
+
+def run_testing(argv: Optional[Sequence[str]] = None, root_path: Optional[str] = None,
+                prog: str = 'lksmn-test') -> None:
+    """``basicsr.test.test_pipeline`` with checked options."""
+    import basicsr.test
+    argv = _prepare(prog, argv, is_train=False)
+    with _basicsr_argv(prog, argv):
+        basicsr.test.test_pipeline(os.path.abspath(root_path or os.getcwd()))
+
+
+def cli(runner, prog: str, argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``runner``; an ``OptionsError`` becomes a one-line message and exit status 2."""
+    try:
+        runner(argv, prog=prog)
+    except OptionsError as error:
+        print(f'{prog}: error: {error}', file=sys.stderr)
+        return 2
+    return 0
