@@ -1,0 +1,48 @@
+"""The embedded demo runs end to end (data from scikit-image's photos, BasicSR training and testing)."""
+import re
+
+from lksmn_arch import demo
+
+
+def test_demo_trains_tests_and_scores_lksmn_against_bicubic(tmp_path, capsys):
+    assert demo.main(['--out', str(tmp_path / 'demo'), '--iters', '2', '--batch', '2']) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r'^\| (astronaut|chelsea|coffee) \| ([0-9.]+) / ([0-9.]+) \| ([0-9.]+) / ([0-9.]+) \|$', out,
+                      re.MULTILINE)
+    assert [r[0] for r in rows] == ['astronaut', 'chelsea', 'coffee']
+    assert all(20 < float(r[1]) < 40 for r in rows), 'bicubic PSNR of real photos at x4 lies in 20-40 dB'
+    assert (tmp_path / 'demo' / 'comparison.png').stat().st_size > 10_000
+    assert (tmp_path / 'demo' / 'experiments' / 'LKSMN_x4_demo' / 'models' / 'net_g_latest.pth').is_file()
+    assert 'LKSMN is' in out and 'bicubic by' in out
+
+
+def test_demo_rerun_replaces_its_own_previous_output(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(demo, 'run_demo', lambda out, iters, batch: calls.append(out) or _fake_result(out))
+    (tmp_path / demo.MARKER).write_text('')
+    (tmp_path / 'old.txt').write_text('old demo file')
+    assert demo.main(['--out', str(tmp_path)]) == 0
+    assert calls == [tmp_path] and not (tmp_path / 'old.txt').exists()
+
+
+def _fake_result(out):
+    return {'table': '', 'figure': out / 'comparison.png', 'timings': {'data': 0, 'train': 0, 'test': 0},
+            'psnr_gain': 0.0, 'checkpoint': out / 'net.pth'}
+
+
+def test_demo_refuses_a_non_empty_output_folder(tmp_path, capsys):
+    (tmp_path / 'keep.txt').write_text('user data')
+    assert demo.main(['--out', str(tmp_path)]) == 2
+    assert 'is not empty' in capsys.readouterr().err
+    assert (tmp_path / 'keep.txt').read_text() == 'user data'
+
+
+def test_held_out_photos_are_not_in_the_training_set():
+    assert not set(demo.TEST_PHOTOS) & set(demo.TRAIN_PHOTOS)
+
+
+def test_bicubic_baseline_keeps_the_size_and_range():
+    import numpy as np
+    lr = (np.random.default_rng(0).random((10, 7, 3)) * 255).astype(np.uint8)
+    up = demo.bicubic_upscale(lr)
+    assert up.shape == (40, 28, 3) and up.dtype == np.uint8
