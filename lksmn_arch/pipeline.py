@@ -16,6 +16,8 @@ import yaml
 
 import lksmn_arch  # noqa: F401  (compat fixes, LKSMN and LKSMNModel registered)
 from lksmn_arch import resume
+from lksmn_arch.atomic import check_writable
+from lksmn_arch.models.lksmn_model import shield_dataloader_workers
 from lksmn_arch.dataset_checks import DatasetError, check_dataset_options, name_files_in_sample_errors
 
 
@@ -158,6 +160,8 @@ def run_training(argv: Optional[Sequence[str]] = None, root_path: Optional[str] 
     """``basicsr.train.train_pipeline`` with checked options and the plugin's resume logic."""
     import basicsr.train
     argv = _prepare(prog, argv, is_train=True)
+    check_writable(Path(root_path or os.getcwd()) / 'experiments', 'experiments folder')
+    shield_dataloader_workers()  # a SIGTERM to the process group must reach the trainer, not kill its workers
     basicsr.train.load_resume_state = resume.load_resume_state
     with _basicsr_argv(prog, argv):
         basicsr.train.train_pipeline(os.path.abspath(root_path or os.getcwd()))
@@ -179,4 +183,7 @@ def cli(runner, prog: str, argv: Optional[Sequence[str]] = None) -> int:
     except OptionsError as error:
         print(f'{prog}: error: {error}', file=sys.stderr)
         return 2
+    except resume.TrainingError as error:  # unsafe checkpoint, failed save, non-finite losses: one line
+        print(f'{prog}: error: {error}', file=sys.stderr)
+        return 1
     return 0

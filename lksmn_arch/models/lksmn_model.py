@@ -1,15 +1,222 @@
-"""``LKSMNModel``: BasicSR's SRModel with checkpoints loaded without executing pickled code."""
+"""``LKSMNModel``: BasicSR's SRModel made safe to interrupt, resume and feed untrusted files.
+
+On top of ``SRModel`` (same option keys, same files, same checkpoint formats):
+
+* checkpoints are read with weights-only loading (``resume.load_trusted``): pickled code is refused;
+* ``net_g_<iter>.pth`` and ``training_states/<iter>.state`` are written atomically (``atomic.atomic_save``),
+  and a save that fails stops the run with ``CheckpointSaveError`` instead of BasicSR's "Just ignore it";
+* the models and training-states folders are checked writable when training starts;
+* an iteration whose loss or gradients are not finite changes nothing (no optimizer step, no EMA update)
+  and is logged; ``train.max_nonfinite_steps`` (default 20) consecutive ones stop the run with
+  ``NonFiniteLossError``; non-finite weights are never saved;
+* SIGTERM or SIGINT during training: the current iteration finishes, a training state and ``net_g`` are
+  saved for it and the process exits with status 128 + signal number (143 for SIGTERM, 130 for SIGINT),
+  saying how to resume; a second signal exits at once without saving. ``lksmn-train`` also makes BasicSR's
+  DataLoader workers ignore these signals (``shield_dataloader_workers``), so that a signal sent to the whole
+  process group (Slurm, Ctrl-C) reaches the trainer instead of killing its workers.
+
+Distributed runs: the ranks agree each iteration (one all-reduce of two numbers) on skipping a non-finite
+step and on stopping, so a signal to any rank (or to all, as torchrun forwards its own SIGTERM) stops every
+rank at the same iteration; rank 0 saves while the others wait at a barrier, then all exit with 128 + signal.
+Too many non-finite steps stop every rank together. A failed save raises on rank 0 only (BasicSR's
+``master_only``); the other ranks then block in the next collective until the launcher ends them, which
+torchrun does when rank 0 exits.
+"""
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import basicsr.data
+from basicsr.data import worker_init_fn as _basicsr_worker_init_fn
+from basicsr.data.data_sampler import EnlargedSampler
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
+from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from lksmn_arch.resume import load_trusted
+from lksmn_arch import resume
+from lksmn_arch.atomic import atomic_save, check_writable, remove_stale_temporaries
+from lksmn_arch.resume import TrainingError, load_trusted
+
+DEFAULT_MAX_NONFINITE_STEPS = 20
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class NonFiniteLossError(TrainingError):
+    """Too many consecutive iterations with a NaN/Inf loss, or weights that are no longer finite."""
+
+
+class TrainingInterrupted(SystemExit):
+    """Training stopped on SIGTERM/SIGINT after saving; exit status 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+# --- signals: the handler only records the request; the model acts on it after an iteration ---------
+
+_stop_signal: Optional[int] = None
+_stop_saved = False  # the stop's checkpoint is written: further signals just end the process
+_handler_pid: Optional[int] = None
+_previous_handlers: Dict[int, Any] = {}
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f'signal {signum}'
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    """Record the first signal; exit at once on the second. Does nothing in forked DataLoader workers."""
+    global _stop_signal
+    if os.getpid() != _handler_pid:
+        return  # a DataLoader worker forked from the trainer: the main process stops it when it exits
+    name = _signal_name(signum)
+    if _stop_saved:
+        os._exit(128 + signum)  # e.g. torchrun stopping the other ranks once one has exited
+    if _stop_signal is not None:
+        os.write(2, f'\nReceived {name} again: exiting now without saving (the last complete checkpoint is '
+                    f'kept).\n'.encode())
+        os._exit(128 + signum)
+    _stop_signal = signum
+    os.write(2, f'\nReceived {name}: saving a training state after the current iteration, then stopping '
+                f'(send it again to exit at once without saving).\n'.encode())
+
+
+def install_signal_handlers() -> bool:
+    """Route SIGTERM/SIGINT to the save-and-stop handler; False where that is impossible (not the main thread)."""
+    global _handler_pid, _stop_signal, _stop_saved
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    _stop_signal, _stop_saved = None, False
+    _handler_pid = os.getpid()
+    for signum in STOP_SIGNALS:
+        previous = signal.signal(signum, _on_stop_signal)
+        if previous is not _on_stop_signal:
+            _previous_handlers[signum] = previous
+    return True
+
+
+def uninstall_signal_handlers() -> None:
+    """Give SIGTERM/SIGINT back to the handlers they had before ``install_signal_handlers``."""
+    global _handler_pid, _stop_signal, _stop_saved
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum, previous in list(_previous_handlers.items()):
+        signal.signal(signum, previous)
+        del _previous_handlers[signum]
+    _handler_pid = None
+    _stop_signal, _stop_saved = None, False
+
+
+def _shielded_worker_init_fn(worker_id: int, num_workers: int, rank: int, seed: int) -> None:
+    """BasicSR's DataLoader worker setup, plus: the worker ignores SIGTERM/SIGINT."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    _basicsr_worker_init_fn(worker_id, num_workers=num_workers, rank=rank, seed=seed)
+
+
+def shield_dataloader_workers() -> None:
+    """Make the DataLoader workers that ``basicsr.data.build_dataloader`` builds from now on ignore
+    SIGTERM/SIGINT. Schedulers (Slurm) and Ctrl-C signal the whole process group; torch's workers die on
+    SIGTERM (and quit on SIGINT), and the trainer would then fail with "DataLoader worker is killed" before
+    it could save. Shielded workers keep serving batches; they still exit when the trainer does (torch
+    shuts them down, or its watchdog notices the parent is gone). Call before the dataloaders are built."""
+    basicsr.data.worker_init_fn = _shielded_worker_init_fn
+
+
+# --- epochs: BasicSR passes the epoch to the sampler, not to the model --------------------------------
+
+_sampler_epoch: Optional[int] = None
+
+
+def _track_sampler_epochs() -> None:
+    """Wrap ``EnlargedSampler.set_epoch`` (called by BasicSR's loop at each epoch start) to record the epoch."""
+    original = EnlargedSampler.set_epoch
+    if getattr(original, '_lksmn_records_epoch', False):
+        return
+
+    def set_epoch(self: EnlargedSampler, epoch: int) -> None:
+        global _sampler_epoch
+        original(self, epoch)
+        _sampler_epoch = epoch
+
+    set_epoch._lksmn_records_epoch = True
+    EnlargedSampler.set_epoch = set_epoch
+
+
+def _resume_command() -> str:
+    argv = sys.argv
+    opt_path = argv[argv.index('-opt') + 1] if '-opt' in argv[:-1] else 'OPT.yml'
+    program = os.path.basename(argv[0]) if argv else ''
+    command = 'lksmn-train' if program == 'lksmn-train' else f'{Path(sys.executable).name} {argv[0]}'
+    return f'{command} -opt {opt_path} --auto_resume'
+
+
+def _write_to_log_files(logger: logging.Logger, warnings: List[str]) -> None:
+    """Add ``warnings`` to the logger's files only (they were shown on the console when they happened)."""
+    for message in warnings:
+        record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, message, None, None)
+        for handler in logger.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+
+
+def _all_finite(tensors: List[torch.Tensor]) -> torch.Tensor:
+    """One boolean tensor (no device sync): every value of every tensor is finite."""
+    if not tensors:
+        return torch.tensor(True)
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
 
 
 @MODEL_REGISTRY.register()
 class LKSMNModel(SRModel):
     """SRModel for LKSMN. Option keys and file layout are BasicSR's, so ``model_type: SRModel`` option
-    files only need the type changed."""
+    files only need the type changed. Adds option ``train.max_nonfinite_steps`` (default 20)."""
+
+    def __init__(self, opt: Dict[str, Any]) -> None:
+        self._nonfinite_steps = 0
+        self._epoch: int = 0  # the last epoch BasicSR told the model (resume state or save); 0 if none yet
+        self._last_checkpoint: Optional[int] = None
+        super().__init__(opt)
+        if not self.is_train:
+            return
+        logger = get_root_logger()
+        _write_to_log_files(logger, resume.pending_warnings)  # resume fallbacks, already on the console
+        resume.pending_warnings.clear()
+        if self.opt.get('rank', 0) == 0:
+            for key in ('models', 'training_states'):
+                folder = self.opt['path'].get(key)
+                if folder:
+                    check_writable(folder, f'{key.replace("_", " ")} folder')
+                    for path in remove_stale_temporaries(folder):
+                        logger.info(f'Removed {path}, left by an interrupted save.')
+        global _sampler_epoch
+        _sampler_epoch = None
+        _track_sampler_epochs()
+        if not install_signal_handlers():
+            logger.warning('Not in the main thread: SIGTERM/SIGINT will not save a training state before exiting.')
+
+    def init_training_settings(self) -> None:
+        """SRModel's, plus ``train.max_nonfinite_steps``."""
+        value = self.opt['train'].get('max_nonfinite_steps', DEFAULT_MAX_NONFINITE_STEPS)
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or value != int(value) or value < 1):
+            raise TrainingError(f'train.max_nonfinite_steps must be a whole number >= 1, got {value!r}')
+        self.max_nonfinite_steps = int(value)
+        super().init_training_settings()
+
+    # --- loading ---------------------------------------------------------------------------------------
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
         """As BasicSR's, but the file is read with weights-only loading (refusing pickled code)."""
@@ -27,3 +234,148 @@ class LKSMNModel(SRModel):
                 checkpoint[key[len('module.'):]] = checkpoint.pop(key)
         self._print_different_keys_loading(net, checkpoint, strict)
         net.load_state_dict(checkpoint, strict=strict)
+
+    def resume_training(self, resume_state: Dict[str, Any]) -> None:
+        """BasicSR's, remembering the state's epoch and iteration."""
+        super().resume_training(resume_state)
+        self._epoch = resume_state['epoch']
+        self._last_checkpoint = resume_state['iter']
+
+    # --- one training step -----------------------------------------------------------------------------
+
+    def optimize_parameters(self, current_iter: int) -> None:
+        """SRModel's step, skipped when the loss or a gradient is not finite; stops on a recorded signal."""
+        self.optimizer_g.zero_grad()
+        self.output = self.net_g(self.lq)
+
+        l_total = 0
+        loss_dict = OrderedDict()
+        if self.cri_pix:
+            l_pix = self.cri_pix(self.output, self.gt)
+            l_total += l_pix
+            loss_dict['l_pix'] = l_pix
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+            if l_percep is not None:
+                l_total += l_percep
+                loss_dict['l_percep'] = l_percep
+            if l_style is not None:
+                l_total += l_style
+                loss_dict['l_style'] = l_style
+
+        l_total.backward()  # always: in DDP every rank must join the gradient all-reduce
+        grads = [p.grad for p in self.net_g.parameters() if p.grad is not None]
+        finite = torch.isfinite(l_total.detach()).all() & _all_finite(grads).to(l_total.device)
+        skip, signum = self._agree(not bool(finite), _stop_signal)
+
+        if skip:
+            self.optimizer_g.zero_grad(set_to_none=True)
+        else:
+            self.optimizer_g.step()
+            if self.ema_decay > 0:
+                self.model_ema(decay=self.ema_decay)
+
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if skip:
+            self._skipped(current_iter)
+        else:
+            self._nonfinite_steps = 0
+        if signum:
+            self._save_and_stop(current_iter, signum)
+
+    def _agree(self, skip: bool, signum: Optional[int]) -> Tuple[bool, Optional[int]]:
+        """In distributed runs, skip if any rank saw a non-finite value; stop if any rank got a signal."""
+        if not self.opt.get('dist'):
+            return skip, signum
+        flags = torch.tensor([float(skip), float(signum or 0)], device=self.device)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        return bool(flags[0] > 0), int(flags[1]) or None
+
+    def _skipped(self, current_iter: int) -> None:
+        self._nonfinite_steps += 1
+        losses = ', '.join(f'{k}={v:.4g}' for k, v in self.log_dict.items())
+        get_root_logger().warning(
+            f'Iteration {current_iter}: non-finite loss or gradients ({losses}); step skipped, weights, '
+            f'optimizer and EMA unchanged ({self._nonfinite_steps} in a row; the run stops at '
+            f'{self.max_nonfinite_steps}, train.max_nonfinite_steps).')
+        if self._nonfinite_steps >= self.max_nonfinite_steps:
+            first = current_iter - self._nonfinite_steps + 1
+            kept = (f'the last checkpoint (iteration {self._last_checkpoint}) is intact'
+                    if self._last_checkpoint is not None else 'no checkpoint was saved in this run')
+            message = (f'{self._nonfinite_steps} consecutive iterations ({first}..{current_iter}) had a non-finite '
+                       f'loss or gradients (train.max_nonfinite_steps: {self.max_nonfinite_steps}); stopping. '
+                       f'No non-finite weights were saved and {kept}. Lower the learning rate or check the '
+                       f'data, then resume with --auto_resume.')
+            get_root_logger().error(message)
+            raise NonFiniteLossError(message)
+
+    def _save_and_stop(self, current_iter: int, signum: int) -> None:
+        logger = get_root_logger()
+        name = _signal_name(signum)
+        epoch = _sampler_epoch if _sampler_epoch is not None else self._epoch
+        logger.warning(f'{name} received: saving models and training state at iteration {current_iter}.')
+        self.save(epoch, current_iter)
+        if self.opt.get('dist'):
+            torch.distributed.barrier()  # rank 0 has written before any rank exits
+        global _stop_saved
+        _stop_saved = True
+        if self.opt.get('rank', 0) == 0:
+            models, states = Path(self.opt['path']['models']), Path(self.opt['path']['training_states'])
+            message = (f'Training stopped by {name} at iteration {current_iter} (epoch {epoch}): saved '
+                       f'{models / f"net_g_{current_iter}.pth"} and {states / f"{current_iter}.state"}. '
+                       f'Resume with: {_resume_command()}'
+                       f'{" (under the same launcher)" if self.opt.get("dist") else ""}')
+            logger.info(message)
+        if not self.opt.get('dist'):
+            uninstall_signal_handlers()
+        # distributed: the handler stays, so that the launcher's SIGTERM to ranks still exiting (sent when the
+        # first rank exits) ends them with the same status instead of a default signal death
+        raise TrainingInterrupted(signum)
+
+    # --- saving ----------------------------------------------------------------------------------------
+
+    def save(self, epoch: int, current_iter: int) -> None:
+        """SRModel's save (``net_g`` then the training state); after the final one (``current_iter`` -1)
+        SIGTERM/SIGINT get their usual meaning back, as there is nothing left to save."""
+        if current_iter != -1:
+            self._epoch = epoch
+        super().save(epoch, current_iter)
+        if current_iter == -1:
+            uninstall_signal_handlers()
+        else:
+            self._last_checkpoint = current_iter
+
+    @master_only
+    def save_network(self, net, net_label, current_iter, param_key='params'):
+        """BasicSR's format (``{param_key: state_dict}``, tensors on the CPU), written atomically; raises
+        ``NonFiniteLossError`` rather than save non-finite weights, ``CheckpointSaveError`` if it cannot write."""
+        label = 'latest' if current_iter == -1 else current_iter
+        save_path = Path(self.opt['path']['models']) / f'{net_label}_{label}.pth'
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        assert len(nets) == len(keys), 'The lengths of net and param_key should be the same.'
+        save_dict = {}
+        for net_, key in zip(nets, keys):
+            state_dict = OrderedDict()
+            for name, param in self.get_bare_model(net_).state_dict().items():
+                state_dict[name[len('module.'):] if name.startswith('module.') else name] = param.cpu()
+            save_dict[key] = state_dict
+        bad = [f'{key}.{name}' for key, params in save_dict.items() for name, value in params.items()
+               if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+        if bad:
+            raise NonFiniteLossError(f'refusing to save {save_path}: non-finite values in {", ".join(bad[:5])}; '
+                                     f'the checkpoints already saved are intact.')
+        atomic_save(save_dict, save_path, 'network weights', warn=get_root_logger().warning)
+
+    @master_only
+    def save_training_state(self, epoch, current_iter):
+        """BasicSR's state (``epoch``, ``iter``, ``optimizers``, ``schedulers``), written atomically."""
+        if current_iter == -1:
+            return
+        state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [], 'schedulers': []}
+        for optimizer in self.optimizers:
+            state['optimizers'].append(optimizer.state_dict())
+        for scheduler in self.schedulers:
+            state['schedulers'].append(scheduler.state_dict())
+        save_path = Path(self.opt['path']['training_states']) / f'{current_iter}.state'
+        atomic_save(state, save_path, 'training state', warn=get_root_logger().warning)
