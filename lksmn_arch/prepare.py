@@ -320,7 +320,8 @@ def run_images(work: Callable[[str], ImageResult], sources: Sequence[str], worke
             for source in sources:
                 record(work(source))
         else:
-            with multiprocessing.get_context().Pool(workers, initializer=_init_worker) as pool:
+            # spawn, not fork: forking a process that already runs torch/onnxruntime threads can deadlock the children
+            with multiprocessing.get_context('spawn').Pool(workers, initializer=_init_worker) as pool:
                 for result in pool.imap_unordered(work, sources):
                     record(result)
     order = {source: i for i, source in enumerate(sources)}
