@@ -1,0 +1,256 @@
+"""Read LKSMN checkpoints safely and rebuild the network they were trained with.
+
+BasicSR saves ``{'params': state_dict}`` (and ``{'params_ema': ...}`` when EMA is on); other tools save
+a bare state dict. Checkpoints are read with ``torch.load(weights_only=True)``, which never runs
+pickled code, so a downloaded file cannot execute anything; a file that needs code is refused.
+
+The hyperparameters are read back from tensor shapes, so a checkpoint is enough to rebuild its network:
+
+    model, config = build_model_from_checkpoint('net_g_latest.pth')
+"""
+import math
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Dict, List, Mapping, Tuple, Union
+
+import torch
+
+from lksmn_arch.archs.lksmn_arch import LKSMN, SUPPORTED_SCALES
+
+PathLike = Union[str, os.PathLike]
+StateDict = Dict[str, torch.Tensor]
+
+# Keys every LKSMN state dict has, whatever its hyperparameters (block 0 and group 0 always exist).
+REQUIRED_KEYS = (
+    'conv_first.weight',
+    'blocks.0.msma.lkcd.0.local.weight',
+    'blocks.0.msma.lkcd.0.dilated.weight',
+    'blocks.0.mdta.temperature',
+    'blocks.0.ffn.project_in.weight',
+    'mlfa.fuse.weight',
+    'upsampler.0.weight',
+)
+DEFAULT_LKCD_KERNELS = ((9, 2), (21, 3), (33, 4))
+DEFAULT_FFN_EXPANSION = 2.0
+
+_BLOCK_KEY = re.compile(r'^blocks\.(\d+)\.')
+_LKCD_KEY = re.compile(r'^blocks\.0\.msma\.lkcd\.(\d+)\.local\.weight$')
+_UNSAFE_GLOBAL = re.compile(r'GLOBAL (\S+) was not an allowed global')
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: refused, corrupt, or not an LKSMN checkpoint."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A file that ``torch.load(weights_only=True)`` refused: loading it would run pickled code."""
+
+
+def read_checkpoint(path: PathLike) -> object:
+    """``torch.load(path, weights_only=True)`` onto the CPU, never running pickled code.
+
+    Every checkpoint the project reads goes through here (upscaling, export, pretrained weights, resume).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        UnsafeCheckpointError: the file needs pickled code to load (the message says which and why).
+        CheckpointError: the file is corrupt, truncated or not a PyTorch file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'checkpoint {path} does not exist (or is not a file)')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise _explain_refusal(path, error) from error
+    except OSError as error:
+        raise CheckpointError(f'cannot read checkpoint {path}: {error}') from error
+    except Exception as error:  # torch.load fails on garbage with arbitrary types (EOFError, IndexError, ...)
+        raise CheckpointError(f'cannot read checkpoint {path}: it is not a valid PyTorch file, or it is corrupt '
+                              f'or truncated ({type(error).__name__}: {_first_line(error)})') from error
+
+
+def load_state_dict(path: PathLike) -> StateDict:
+    """Read the state dict of a checkpoint file, without running any pickled code.
+
+    Takes ``params_ema`` if present, else ``params`` (BasicSR's keys), else the file's top-level dict
+    if it maps names to tensors. A ``module.`` prefix (DataParallel) is removed.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: the file needs pickled code (``weights_only=True`` refused it), is corrupt or
+            truncated, or holds no state dict.
+    """
+    return _select_state_dict(Path(path), read_checkpoint(path))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else 'no details'
+
+
+def _explain_refusal(path: Path, error: pickle.UnpicklingError) -> CheckpointError:
+    message = str(error)
+    unsafe = _UNSAFE_GLOBAL.search(message)
+    if unsafe:
+        return UnsafeCheckpointError(
+            f'refusing checkpoint {path}: torch.load(weights_only=True) refused it because it needs pickled '
+            f'Python code ({unsafe.group(1)}) to load, so it is not a plain tensor checkpoint. Loading it would '
+            f'run that code; if you trust its source, re-save only its state dict '
+            f'(torch.save({{"params": model.state_dict()}}, ...)) and use that file.')
+    if 'Weights only load failed' in message and 'Unsupported operand' not in message:
+        return UnsafeCheckpointError(
+            f'refusing checkpoint {path}: torch.load(weights_only=True) refused it, so it is not a plain tensor '
+            f'checkpoint ({_weights_only_reason(message)})')
+    return CheckpointError(f'cannot read checkpoint {path}: it is not a valid PyTorch file, or it is corrupt '
+                           f'({_weights_only_reason(message)})')
+
+
+def _weights_only_reason(message: str) -> str:
+    for line in message.splitlines():
+        if 'WeightsUnpickler error' in line:
+            reason = line.split('WeightsUnpickler error:', 1)[1].strip()
+            if reason:
+                return reason
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-2] if len(lines) > 1 else (lines[0] if lines else 'no details')
+
+
+def _is_state_dict(value: object) -> bool:
+    return isinstance(value, Mapping) and len(value) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+def _select_state_dict(path: Path, data: object) -> StateDict:
+    if isinstance(data, Mapping):
+        for key in ('params_ema', 'params'):
+            if key in data and _is_state_dict(data[key]):
+                return _strip_module_prefix(dict(data[key]))
+        if _is_state_dict(data):
+            return _strip_module_prefix(dict(data))
+        keys = ', '.join(repr(k) for k in list(data)[:8])
+        raise CheckpointError(f'checkpoint {path} holds no state dict: expected "params_ema", "params" or a dict of '
+                              f'tensors, found keys {keys or "(none)"}')
+    raise CheckpointError(f'checkpoint {path} holds no state dict: expected a dict, found {type(data).__name__}')
+
+
+def _strip_module_prefix(state_dict: StateDict) -> StateDict:
+    if all(k.startswith('module.') for k in state_dict):
+        return {k[len('module.'):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def _lkcd_kernel_size(local_kernel: int, dilated_kernel: int, group: int, num_groups: int) -> Tuple[int, int]:
+    """(K, d) that rebuild an LKCD with these kernel sizes; the default pair when it fits.
+
+    LKCD(K, d) has a (2d-1)^2 local kernel and a dilated kernel of ceil(K/d) rounded up to odd, so every
+    K in ((k-2)d, kd] gives the same network. Without a matching default we report the dilated conv's
+    receptive field d(k-1)+1, which is in that range.
+    """
+    if local_kernel % 2 == 0:
+        raise CheckpointError(f'LKCD group {group} has an even local kernel ({local_kernel}); LKSMN uses (2d-1)')
+    if dilated_kernel % 2 == 0:
+        raise CheckpointError(f'LKCD group {group} has an even dilated kernel ({dilated_kernel}); LKSMN uses odd')
+    dilation = (local_kernel + 1) // 2
+
+    def fits(kernel: int) -> bool:
+        size = math.ceil(kernel / dilation)
+        return size + 1 - size % 2 == dilated_kernel
+
+    candidates: List[Tuple[int, int]] = []
+    if num_groups == len(DEFAULT_LKCD_KERNELS):
+        candidates.append(DEFAULT_LKCD_KERNELS[group])
+    candidates.extend(DEFAULT_LKCD_KERNELS)
+    for kernel, default_dilation in candidates:
+        if default_dilation == dilation and fits(kernel):
+            return kernel, dilation
+    return dilation * (dilated_kernel - 1) + 1, dilation
+
+
+def _ffn_expansion(channels: int, hidden: int) -> float:
+    """An expansion e with int(channels * e) == hidden (GatedFeedForward's width); 2.0 when it fits."""
+    exact = hidden / channels
+    for candidate in (DEFAULT_FFN_EXPANSION, round(exact, 4), exact, (hidden + 0.5) / channels):
+        if candidate > 0 and int(channels * candidate) == hidden:
+            return float(candidate)
+    raise CheckpointError(f'no ffn_expansion gives a hidden width of {hidden} for {channels} channels')
+
+
+def infer_lksmn_config(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, object]:
+    """LKSMN keyword arguments that rebuild the network of ``state_dict``, read from its tensor shapes.
+
+    Raises:
+        CheckpointError (a ValueError): the state dict is not an LKSMN one (it names the missing keys),
+            or its shapes are inconsistent.
+    """
+    missing = [key for key in REQUIRED_KEYS if key not in state_dict]
+    if missing:
+        raise CheckpointError(f'not an LKSMN checkpoint: missing keys {", ".join(missing)}')
+
+    conv_first = state_dict['conv_first.weight']
+    num_feat, num_in_ch = int(conv_first.shape[0]), int(conv_first.shape[1])
+    num_out_ch = num_in_ch
+
+    up_channels = int(state_dict['upsampler.0.weight'].shape[0])
+    scale = math.isqrt(up_channels // num_out_ch) if up_channels % num_out_ch == 0 else 0
+    if scale * scale * num_out_ch != up_channels or scale not in SUPPORTED_SCALES:
+        raise CheckpointError(f'upsampler.0.weight has {up_channels} output channels, which is not '
+                              f'{num_out_ch} x scale^2 for a scale in {list(SUPPORTED_SCALES)}')
+
+    block_ids = {int(m.group(1)) for m in map(_BLOCK_KEY.match, state_dict) if m}
+    num_block = max(block_ids) + 1
+    absent = sorted(set(range(num_block)) - block_ids)
+    if absent:
+        raise CheckpointError(f'not an LKSMN checkpoint: blocks {absent} are missing (highest block is '
+                              f'{num_block - 1})')
+    fuse_in = int(state_dict['mlfa.fuse.weight'].shape[1])
+    if fuse_in != num_feat * (num_block + 1):
+        raise CheckpointError(f'mlfa.fuse.weight takes {fuse_in} channels but {num_block} blocks of {num_feat} '
+                              f'channels make {num_feat * (num_block + 1)}')
+
+    num_heads = int(state_dict['blocks.0.mdta.temperature'].shape[0])
+    hidden = int(state_dict['blocks.0.ffn.project_in.weight'].shape[0]) // 2
+    ffn_expansion = _ffn_expansion(num_feat, hidden)
+
+    groups = sorted(int(m.group(1)) for m in map(_LKCD_KEY.match, state_dict) if m)
+    if groups != list(range(len(groups))):
+        raise CheckpointError(f'LKCD groups of block 0 are not numbered 0..n-1: {groups}')
+    lkcd_kernels = []
+    for g in groups:
+        local = state_dict[f'blocks.0.msma.lkcd.{g}.local.weight']
+        dilated = state_dict.get(f'blocks.0.msma.lkcd.{g}.dilated.weight')
+        if dilated is None:
+            raise CheckpointError(f'not an LKSMN checkpoint: missing key blocks.0.msma.lkcd.{g}.dilated.weight')
+        lkcd_kernels.append(_lkcd_kernel_size(int(local.shape[-1]), int(dilated.shape[-1]), g, len(groups)))
+
+    return {
+        'upscale': scale,
+        'num_in_ch': num_in_ch,
+        'num_out_ch': num_out_ch,
+        'num_feat': num_feat,
+        'num_block': num_block,
+        'lkcd_kernels': tuple(lkcd_kernels),
+        'num_heads': num_heads,
+        'ffn_expansion': ffn_expansion,
+    }
+
+
+def build_model_from_checkpoint(path: PathLike) -> Tuple[LKSMN, Dict[str, object]]:
+    """Load ``path``, infer its hyperparameters and return ``(model, config)``: an eval-mode LKSMN on the CPU.
+
+    Weights are loaded with ``strict=True``, so every tensor of the file must fit the rebuilt network.
+
+    Raises:
+        FileNotFoundError / CheckpointError: see ``load_state_dict`` and ``infer_lksmn_config``; the
+            message names the file.
+    """
+    state_dict = load_state_dict(path)
+    try:
+        config = infer_lksmn_config(state_dict)
+        model = LKSMN(**config)
+        model.load_state_dict(state_dict, strict=True)
+    except (ValueError, RuntimeError) as error:
+        raise CheckpointError(f'checkpoint {path}: {error}') from error
+    return model.eval(), config

@@ -1,0 +1,208 @@
+"""Export an LKSMN checkpoint to ONNX with dynamic batch, height and width, and run it with ONNX Runtime.
+
+    lksmn-export -m net_g_latest.pth --onnx lksmn_x4.onnx
+
+Exporter: torch's dynamo-based exporter (``torch.onnx.export(..., dynamo=True, dynamic_shapes=...)``), the
+default and maintained one since torch 2.9; the TorchScript-based one is deprecated. Both export LKSMN
+correctly; the dynamo one is used. The example input has batch 2 and a non-square size, so that
+torch.export does not specialise any dimension to 1 or to a square shape. After the export the model is
+checked against PyTorch with ONNX Runtime on two other input shapes (disable with ``--no-verify``).
+
+The model's scale and hyperparameters are stored in the ONNX metadata (``lksmn_scale``, ``lksmn_config``)
+so that ``OnnxModel`` (used by ``lksmn-upscale --backend onnxruntime``) needs only the .onnx file.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from lksmn_arch.checkpoint import build_model_from_checkpoint
+
+DEFAULT_OPSET = 18
+INPUT_NAME = 'input'
+OUTPUT_NAME = 'output'
+EXAMPLE_SHAPE = (2, 24, 20)  # batch, height, width of the tracing input: none of them 1, not square
+VERIFY_SHAPES = ((1, 17, 23), (2, 32, 32))
+VERIFY_TOLERANCE = 1e-4
+
+PathLike = Union[str, os.PathLike]
+
+
+def export_onnx(model: nn.Module, path: PathLike, *, opset: int = DEFAULT_OPSET,
+                metadata: Optional[Dict[str, str]] = None) -> Path:
+    """Export ``model`` (N, C, H, W -> N, C, sH, sW) to ONNX at ``path``, written atomically.
+
+    Batch, height and width are dynamic. ``metadata`` is added to the model's metadata_props. The model is
+    put in eval mode, fp32, on the CPU (in place), as the exporter traces it there.
+    """
+    import onnx
+    from torch.export import Dim
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f'--onnx {path} is a directory; give a file name such as {path / "lksmn.onnx"}')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    in_channels = int(getattr(model, 'num_in_ch', 3))
+    model = model.eval().float().cpu()
+    batch, height, width = EXAMPLE_SHAPE
+    example = torch.rand(batch, in_channels, height, width)
+    dynamic = {0: Dim('batch', min=1), 2: Dim('height', min=1), 3: Dim('width', min=1)}
+    forward_arg = next(iter(_forward_parameters(model)))
+
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with warnings.catch_warnings():
+            # torch-internal noise of the exporter, not actionable by the user
+            warnings.filterwarnings('ignore', message='.*LeafSpec.*', category=FutureWarning)
+            try:
+                program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
+                                            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                            dynamic_shapes={forward_arg: dynamic}, external_data=False,
+                                            verbose=False)
+            except Exception as error:  # torch.export / onnxscript raise many types; say which step failed
+                raise RuntimeError(f'ONNX export to {path} failed (opset {opset}): {type(error).__name__}: '
+                                   f'{error}') from error
+        proto = program.model_proto
+        for key, value in (metadata or {}).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save_model(proto, str(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it a normal file's permissions
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _forward_parameters(model: nn.Module) -> List[str]:
+    import inspect
+    return [name for name in inspect.signature(model.forward).parameters]
+
+
+class OnnxModel:
+    """An ONNX super-resolution model run by ONNX Runtime, callable like a network on CPU float32 tensors.
+
+    ``scale`` comes from the metadata that ``export_onnx`` writes, or, for other ONNX files, from a probe run
+    on an 8x8 input. ``device`` 'auto' uses the CUDA execution provider when onnxruntime has one.
+    """
+
+    def __init__(self, path: PathLike, device: str = 'auto', threads: Optional[int] = None) -> None:
+        self.path = Path(path)
+        self.session = create_session(self.path, device, threads=threads)
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise ValueError(f'{self.path}: expected one 4D (N, C, H, W) input, found '
+                             f'{[(i.name, i.shape) for i in inputs]}')
+        self.input_name = inputs[0].name
+        channels = inputs[0].shape[1]
+        self.in_channels = channels if isinstance(channels, int) else 3
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if 'lksmn_scale' in meta:
+            self.scale = int(meta['lksmn_scale'])
+        else:
+            probe = self(torch.zeros(1, self.in_channels, 8, 8))
+            self.scale = probe.shape[-1] // 8
+        self.config = json.loads(meta['lksmn_config']) if 'lksmn_config' in meta else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        feed = {self.input_name: np.ascontiguousarray(x.detach().cpu().float().numpy())}
+        return torch.from_numpy(self.session.run(None, feed)[0])
+
+
+def create_session(path: PathLike, device: str = 'auto',
+                   threads: Optional[int] = None) -> 'onnxruntime.InferenceSession':  # noqa: F821
+    """An ONNX Runtime session for ``path``: CUDA provider for 'cuda' (an error if absent), CPU for 'cpu'.
+
+    'auto' takes CUDA when onnxruntime offers it, else the CPU. ``threads`` sets the intra-op thread count
+    (default: onnxruntime's, one per core).
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'ONNX model {path} does not exist (or is not a file)')
+    available = ort.get_available_providers()
+    if device == 'cuda':
+        if 'CUDAExecutionProvider' not in available:
+            raise ValueError(f'--device cuda was asked for, but this onnxruntime has no CUDA provider '
+                             f'(it has {available}; install onnxruntime-gpu)')
+        providers = ['CUDAExecutionProvider', 'CPUExecutionProvider']
+    elif device == 'cpu':
+        providers = ['CPUExecutionProvider']
+    elif device == 'auto':
+        providers = [p for p in ('CUDAExecutionProvider', 'CPUExecutionProvider') if p in available]
+    else:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as error:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
+        raise ValueError(f'cannot load ONNX model {path}: {error}') from error
+
+
+def max_abs_difference(model: nn.Module, onnx_path: PathLike,
+                       shapes: Sequence[Tuple[int, int, int]] = VERIFY_SHAPES) -> float:
+    """Largest |ONNX Runtime - PyTorch| over random inputs of the (batch, height, width) ``shapes``."""
+    onnx_model = OnnxModel(onnx_path, device='cpu')
+    in_channels = int(getattr(model, 'num_in_ch', 3))
+    worst = 0.0
+    generator = torch.Generator().manual_seed(0)
+    for batch, height, width in shapes:
+        x = torch.rand(batch, in_channels, height, width, generator=generator)
+        with torch.no_grad():
+            expected = model(x)
+        worst = max(worst, float((onnx_model(x) - expected).abs().max()))
+    return worst
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='lksmn-export',
+        description='Export an LKSMN checkpoint to ONNX (dynamic batch, height and width; torch dynamo '
+        'exporter), then check it against PyTorch with ONNX Runtime.')
+    parser.add_argument('-m', '--model', required=True, help='LKSMN checkpoint (.pth, BasicSR or bare state dict)')
+    parser.add_argument('--onnx', required=True, help='output .onnx file (written atomically)')
+    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET, help=f'ONNX opset (default {DEFAULT_OPSET})')
+    parser.add_argument('--no-verify', action='store_true',
+                        help='skip the ONNX Runtime vs PyTorch check after the export')
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``lksmn-export``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        model, config = build_model_from_checkpoint(args.model)
+        metadata = {'lksmn_scale': str(config['upscale']), 'lksmn_config': json.dumps(config)}
+        path = export_onnx(model, args.onnx, opset=args.opset, metadata=metadata)
+        print(f'wrote {path} (x{config["upscale"]}, opset {args.opset}, dynamic batch/height/width)')
+        if not args.no_verify:
+            diff = max_abs_difference(model, path)
+            shapes = ', '.join(f'{b}x{h}x{w}' for b, h, w in VERIFY_SHAPES)
+            print(f'ONNX Runtime vs PyTorch, max abs difference on {shapes}: {diff:.2e}')
+            if not diff < VERIFY_TOLERANCE:
+                print(f'error: the difference exceeds {VERIFY_TOLERANCE:g}', file=sys.stderr)
+                return 1
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""Whole-image and tiled super-resolution inference, with optional x8 self-ensemble (TTA).
+
+    upscaler = Upscaler.from_checkpoint('net_g.pth', tile=256, tile_pad=32)
+    sr = upscaler.upscale_image(rgb_float32)       # HxW, HxWx1, HxWx3 or HxWx4 in [0, 1]
+"""
+import math
+from typing import Callable, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from lksmn_arch.complexity import resolve_device
+
+PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+ALPHA_MODES = ('network', 'bicubic')
+
+# A network: anything that maps a (N, C, H, W) float tensor to (N, C_out, H*s, W*s). An nn.Module is moved to
+# the device and precision; any other callable (the ONNX Runtime wrapper) gets CPU float32 tensors.
+Network = Union[nn.Module, Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _axis_tiles(length: int, tile: int, pad: int) -> List[Tuple[int, int, int, int]]:
+    """Split [0, length) into n = ceil(length / tile) near-equal cores; each read with ``pad`` of context.
+
+    Returns (core_start, core_end, read_start, read_end) per tile.
+    """
+    count = max(1, math.ceil(length / tile))
+    bounds = [round(i * length / count) for i in range(count + 1)]
+    return [(bounds[i], bounds[i + 1], max(0, bounds[i] - pad), min(length, bounds[i + 1] + pad))
+            for i in range(count)]
+
+
+def _ramp(t: torch.Tensor) -> torch.Tensor:
+    """Raised-cosine ramp from 0 (t <= 0) to 1 (t >= 1); ramp(t) + ramp(1 - t) == 1, so cross-fades sum to 1."""
+    return 0.5 - 0.5 * torch.cos(math.pi * t.clamp(0.0, 1.0))
+
+
+def _axis_weight(read_start: int, read_end: int, core_start: int, core_end: int, length: int, pad: int,
+                 scale: int) -> torch.Tensor:
+    """Blending weight along one axis of one tile's output, in output pixels.
+
+    Where a neighbour exists, the weight cross-fades over the 2*pad-wide band that both tiles read (centred on
+    the core boundary); at the image border it stays 1. It is positive on the whole read window.
+    """
+    centres = torch.arange(read_start * scale, read_end * scale, dtype=torch.float64) + 0.5
+    weight = torch.ones_like(centres)
+    band = 2 * pad * scale
+    if pad > 0:
+        if core_start > 0:
+            weight *= _ramp((centres - (core_start - pad) * scale) / band)
+        if core_end < length:
+            weight *= _ramp(((core_end + pad) * scale - centres) / band)
+    return weight.float()
+
+
+def _dihedral(x: torch.Tensor, index: int) -> torch.Tensor:
+    """The index-th of the 8 flips/rotations of the last two dimensions (index 0 is the identity)."""
+    if index & 4:
+        x = x.transpose(-2, -1)
+    if index & 2:
+        x = x.flip(-2)
+    if index & 1:
+        x = x.flip(-1)
+    return x
+
+
+def _dihedral_inverse(x: torch.Tensor, index: int) -> torch.Tensor:
+    if index & 1:
+        x = x.flip(-1)
+    if index & 2:
+        x = x.flip(-2)
+    if index & 4:
+        x = x.transpose(-2, -1)
+    return x
+
+
+class Upscaler:
+    """Runs a super-resolution network on whole images or on overlapping tiles.
+
+    ``tile=0`` runs the whole image in one pass. ``tile=T`` splits the image into near-equal cores of at most
+    T x T input pixels; each core is read with ``tile_pad`` pixels of context on every side (so the network
+    sees at most (T + 2*tile_pad)^2 pixels, which bounds the peak memory of the network by the tile size, not
+    the image size), and the tiles' outputs are cross-faded with a raised-cosine window over the 2*tile_pad
+    band that neighbours share, so that no seam shows. The result is accumulated on the CPU, so GPU memory
+    holds only one tile. A tile at least as large as the image gives exactly the whole-image output.
+
+    Tiled output is *not* identical to whole-image output, even with a large ``tile_pad``: LKSMN's MDTA
+    attends over every pixel of its input (channel attention whose statistics cover the whole input), so
+    each tile sees statistics of its own region rather than of the whole image. The difference is small
+    (see tests/test_inference.py and benchmarks/tiling_psnr.py) but not zero.
+
+    ``tta=True`` averages the outputs of the 8 flips/rotations of each tile (x8 self-ensemble; 8x the time).
+
+    Precision: 'fp32', 'bf16' (CPU and CUDA), 'fp16' (CUDA only: on the CPU it is refused with a ValueError
+    rather than silently falling back, so that a requested precision is the one that runs). The network is
+    cast to that precision and moved to the device in place. Outputs are float32 on the CPU.
+
+    Args:
+        model: an nn.Module (moved/cast in place) or a callable on CPU float32 tensors (e.g. ONNX Runtime).
+        scale: the network's scale factor; read from ``model.upscale`` or ``model.scale`` when omitted.
+        tile: input tile size in pixels (0: whole image).
+        tile_pad: context pixels around each tile, and half the width of the cross-fade band.
+        device: 'auto', 'cpu', 'cuda' (or a torch.device); only for nn.Module networks.
+        precision: 'fp32', 'fp16' or 'bf16'.
+        tta: x8 self-ensemble.
+        progress: show a tqdm bar over tiles when an image has more than one.
+    """
+
+    def __init__(self, model: Network, scale: Optional[int] = None, *, tile: int = 0, tile_pad: int = 32,
+                 device: Union[str, torch.device] = 'auto', precision: str = 'fp32', tta: bool = False,
+                 progress: bool = True) -> None:
+        if type(tile) is not int or tile < 0:
+            raise ValueError(f'tile must be an int >= 0 (0: whole image), got {tile!r}')
+        if type(tile_pad) is not int or tile_pad < 0:
+            raise ValueError(f'tile_pad must be an int >= 0, got {tile_pad!r}')
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {list(PRECISIONS)}, got {precision!r}')
+        scale = scale if scale is not None else getattr(model, 'upscale', getattr(model, 'scale', None))
+        if type(scale) is not int or scale < 1:
+            raise ValueError(f'scale must be a positive int (pass scale= for a model without .upscale), got {scale!r}')
+        self.scale = scale
+        self.tile = tile
+        self.tile_pad = tile_pad
+        self.tta = tta
+        self.progress = progress
+        self.precision = precision
+        self.dtype = PRECISIONS[precision]
+        self.in_channels = int(getattr(model, 'num_in_ch', getattr(model, 'in_channels', 3)))
+        if isinstance(model, nn.Module):
+            self.device = device if isinstance(device, torch.device) else resolve_device(device)
+            if self.dtype == torch.float16 and self.device.type != 'cuda':
+                raise ValueError(f"precision 'fp16' needs a CUDA device, but the device is {self.device} "
+                                 "(use 'bf16' or 'fp32' on the CPU)")
+            self.model: Network = model.to(device=self.device, dtype=self.dtype).eval()
+        else:
+            if precision != 'fp32':
+                raise ValueError(f"precision {precision!r} is for PyTorch networks; this network (ONNX Runtime) "
+                                 "runs in fp32")
+            self.device = torch.device('cpu')
+            self.model = model
+
+    @classmethod
+    def from_checkpoint(cls, path: str, **kwargs: object) -> 'Upscaler':
+        """An Upscaler for the LKSMN checkpoint at ``path`` (see ``build_model_from_checkpoint``)."""
+        from lksmn_arch.checkpoint import build_model_from_checkpoint
+        model, _ = build_model_from_checkpoint(path)
+        return cls(model, **kwargs)
+
+    # --- tensors -------------------------------------------------------------------------------------------
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        """One network pass on a CPU float32 tensor, TTA included; returns a CPU float32 tensor."""
+        transforms = range(8) if self.tta else (0,)
+        total = None
+        for index in transforms:
+            inp = _dihedral(x, index).contiguous()
+            with torch.no_grad():
+                if isinstance(self.model, nn.Module):
+                    out = self.model(inp.to(device=self.device, dtype=self.dtype)).float().cpu()
+                else:
+                    out = self.model(inp)
+            out = _dihedral_inverse(out, index)
+            total = out if total is None else total + out
+        return total if len(transforms) == 1 else total / len(transforms)
+
+    def upscale_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Upscale a (N, C, H, W) or (C, H, W) float tensor; returns float32 on the CPU, not clamped."""
+        squeeze = x.dim() == 3
+        if squeeze:
+            x = x.unsqueeze(0)
+        if x.dim() != 4:
+            raise ValueError(f'expected a (N, C, H, W) or (C, H, W) tensor, got shape {tuple(x.shape)}')
+        x = x.detach().float().cpu()
+        height, width = x.shape[-2:]
+        if self.tile == 0 or (height <= self.tile and width <= self.tile):
+            out = self._run(x)
+        else:
+            out = self._run_tiled(x)
+        return out.squeeze(0) if squeeze else out
+
+    def _run_tiled(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        s = self.scale
+        rows = _axis_tiles(height, self.tile, self.tile_pad)
+        cols = _axis_tiles(width, self.tile, self.tile_pad)
+        out: Optional[torch.Tensor] = None
+        norm_y = torch.zeros(height * s)
+        norm_x = torch.zeros(width * s)
+        for r in rows:
+            norm_y[r[2] * s:r[3] * s] += _axis_weight(r[2], r[3], r[0], r[1], height, self.tile_pad, s)
+        for c in cols:
+            norm_x[c[2] * s:c[3] * s] += _axis_weight(c[2], c[3], c[0], c[1], width, self.tile_pad, s)
+        bar = tqdm(total=len(rows) * len(cols), desc='tiles', unit='tile', leave=False,
+                   disable=not self.progress or len(rows) * len(cols) == 1)
+        try:
+            for core_y0, core_y1, y0, y1 in rows:
+                weight_y = _axis_weight(y0, y1, core_y0, core_y1, height, self.tile_pad, s)
+                for core_x0, core_x1, x0, x1 in cols:
+                    weight_x = _axis_weight(x0, x1, core_x0, core_x1, width, self.tile_pad, s)
+                    piece = self._run(x[..., y0:y1, x0:x1])
+                    if out is None:
+                        out = torch.zeros(x.shape[0], piece.shape[1], height * s, width * s)
+                    out[..., y0 * s:y1 * s, x0 * s:x1 * s] += piece * (weight_y[:, None] * weight_x[None, :])
+                    bar.update()
+        finally:
+            bar.close()
+        out /= norm_y[:, None] * norm_x[None, :]
+        return out
+
+    # --- images --------------------------------------------------------------------------------------------
+
+    def upscale_image(self, img: np.ndarray, alpha: str = 'network') -> np.ndarray:
+        """Upscale an HxW (gray), HxWx1, HxWx3 (RGB) or HxWx4 (RGBA) float image in [0, 1].
+
+        Returns the same layout, float32, clipped to [0, 1]. Gray is replicated to RGB for a 3-channel
+        network and the output's channels averaged back. Alpha ('network', the default) goes through the
+        network as a 3-channel replica, which keeps its edges as sharp as the colour's; 'bicubic' resizes it
+        with OpenCV's bicubic interpolation (faster: one network pass instead of two).
+        """
+        if alpha not in ALPHA_MODES:
+            raise ValueError(f'alpha must be one of {list(ALPHA_MODES)}, got {alpha!r}')
+        if self.in_channels != 3:
+            raise ValueError(f'upscale_image needs a 3-channel (RGB) network, this one takes {self.in_channels}')
+        img = np.asarray(img, dtype=np.float32)
+        if img.ndim == 2:
+            return self._upscale_gray(img)
+        if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
+            raise ValueError(f'expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {img.shape}')
+        if img.shape[2] == 1:
+            return self._upscale_gray(img[..., 0])[..., None]
+        rgb = self._upscale_rgb(img[..., :3])
+        if img.shape[2] == 3:
+            return rgb
+        if alpha == 'network':
+            alpha_out = self._upscale_gray(img[..., 3])
+        else:
+            import cv2
+            height, width = img.shape[:2]
+            alpha_out = np.clip(cv2.resize(img[..., 3], (width * self.scale, height * self.scale),
+                                           interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
+        return np.concatenate([rgb, alpha_out[..., None]], axis=2)
+
+    def _upscale_rgb(self, rgb: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+        out = self.upscale_tensor(x).clamp_(0.0, 1.0)
+        return out.permute(1, 2, 0).numpy()
+
+    def _upscale_gray(self, gray: np.ndarray) -> np.ndarray:
+        rgb = self._upscale_rgb(np.repeat(gray[..., None], 3, axis=2))
+        return rgb.mean(axis=2)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB; inf for identical arrays."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(peak * peak / mse)
+
+
+__all__ = ['Upscaler', 'PRECISIONS', 'ALPHA_MODES', 'psnr']

@@ -1,0 +1,331 @@
+"""Upscale image files with an LKSMN checkpoint (PyTorch) or an exported .onnx model (ONNX Runtime).
+
+    lksmn-upscale -i photos/ -o photos_x4/ -m net_g_latest.pth --tile 256
+    python -m lksmn_arch.upscale -i photo.jpg -o out/ -m lksmn_x4.onnx --backend onnxruntime
+
+Images: RGB, grayscale (upscaled through the RGB network and averaged back to one channel), RGBA (alpha
+through the network as a 3-channel replica by default, ``--alpha bicubic`` for OpenCV bicubic), 8- and
+16-bit (the output keeps the bit depth). Pixels are decoded by OpenCV (``IMREAD_UNCHANGED`` keeps 16 bits
+and alpha, but ignores EXIF orientation), and the EXIF orientation tag, read with Pillow, is applied to the
+decoded array; outputs are written upright, without EXIF.
+
+A file that cannot be read or upscaled is reported (name and reason) and skipped; the others go on and the
+exit status is 1 at the end. Outputs are written atomically (a temporary file in the output folder, then
+``os.replace``) and never onto an input file.
+"""
+import argparse
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from lksmn_arch.inference import ALPHA_MODES, PRECISIONS, Upscaler
+
+PathLike = Union[str, os.PathLike]
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.tif', '.tiff')
+OUTPUT_EXTENSIONS = ('auto', 'png', 'jpg', 'webp')
+BACKENDS = ('torch', 'onnxruntime')
+DEVICES = ('auto', 'cpu', 'cuda')
+_KEEPS_ALPHA = {'.png', '.webp', '.tif', '.tiff'}
+_KEEPS_16_BIT = {'.png', '.tif', '.tiff'}
+_EXIF_ORIENTATION = 0x0112
+_LOSSY_QUALITY = 95
+
+
+@dataclass
+class UpscaleReport:
+    """What ``upscale_paths`` did: (input, output) pairs written, (input, reason) failures, notes."""
+
+    written: List[Tuple[Path, Path]] = field(default_factory=list)
+    failed: List[Tuple[Path, str]] = field(default_factory=list)
+    notes: List[Tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+# --- reading ----------------------------------------------------------------------------------------------
+
+def collect_inputs(inputs: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
+    """Image files named by ``inputs``: files as given, folders' image files (by extension, sorted, not
+    recursive). Raises FileNotFoundError for a missing path, ValueError when no image is found."""
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    found: List[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            found.extend(sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS))
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise FileNotFoundError(f'input {item} does not exist')
+    if not found:
+        raise ValueError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) found in {", ".join(map(str, items))}')
+    return found
+
+
+def exif_orientation(path: PathLike) -> int:
+    """The EXIF orientation (1..8) of an image file, 1 when it has none or Pillow cannot read its header."""
+    from PIL import Image
+    try:
+        with Image.open(path) as image:
+            value = int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # Pillow raises many types for unreadable headers; orientation is then unknown
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn an array stored with EXIF ``orientation`` upright (what Pillow's ImageOps.exif_transpose does)."""
+    if orientation == 2:
+        img = img[:, ::-1]
+    elif orientation == 3:
+        img = img[::-1, ::-1]
+    elif orientation == 4:
+        img = img[::-1, :]
+    elif orientation == 5:
+        img = img.swapaxes(0, 1)
+    elif orientation == 6:
+        img = np.rot90(img, -1)
+    elif orientation == 7:
+        img = img.swapaxes(0, 1)[::-1, ::-1]
+    elif orientation == 8:
+        img = np.rot90(img, 1)
+    return np.ascontiguousarray(img)
+
+
+def read_image(path: PathLike) -> Tuple[np.ndarray, int]:
+    """Decode ``path`` upright as RGB(A) or gray; returns (uint8/uint16 array, bit depth 8 or 16).
+
+    Raises ValueError (with the reason) for a file that is empty, corrupt, or of an unsupported pixel type.
+    """
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size == 0:
+        raise ValueError('the file is empty')
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError('OpenCV cannot decode it as an image (corrupt, truncated, or not an image)')
+    if img.dtype == np.uint8:
+        depth = 8
+    elif img.dtype == np.uint16:
+        depth = 16
+    else:
+        raise ValueError(f'unsupported pixel type {img.dtype} (8- and 16-bit integer images are supported)')
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    elif img.ndim == 3 and img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+    elif img.ndim != 2:
+        raise ValueError(f'unsupported channel layout {img.shape}')
+    return apply_orientation(img, exif_orientation(path)), depth
+
+
+# --- writing ----------------------------------------------------------------------------------------------
+
+def output_path(input_path: Path, output_dir: Path, suffix: str, ext: str) -> Path:
+    """Where ``input_path`` is written: ``output_dir/<stem><suffix>.<ext>``; 'auto' keeps png/jpg/jpeg/webp/
+    tif/tiff and turns other formats (bmp) into png. ``write_image`` may still switch a jpg/webp to png to
+    keep alpha or 16 bits; see ``_final_extension``."""
+    if ext == 'auto':
+        extension = input_path.suffix.lower()
+        if extension not in ('.png', '.jpg', '.jpeg', '.webp', '.tif', '.tiff'):
+            extension = '.png'
+    else:
+        extension = '.' + ext
+    return output_dir / f'{input_path.stem}{suffix}{extension}'
+
+
+def _final_extension(path: Path, has_alpha: bool, depth: int, ext: str) -> Tuple[Path, List[str]]:
+    """With --ext auto, formats that would lose alpha or 16 bits become png; an explicit --ext is obeyed
+    (with a note saying what is lost)."""
+    notes = []
+    extension = path.suffix.lower()
+    loses_alpha = has_alpha and extension not in _KEEPS_ALPHA
+    loses_depth = depth == 16 and extension not in _KEEPS_16_BIT
+    if ext == 'auto' and (loses_alpha or loses_depth):
+        return path.with_suffix('.png'), notes
+    if loses_alpha:
+        notes.append(f'{extension} has no alpha channel: alpha dropped')
+    if loses_depth:
+        notes.append(f'{extension} has no 16-bit mode: written as 8-bit')
+    return path, notes
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_image_atomic(path: Path, img: np.ndarray) -> None:
+    """Encode ``img`` (RGB(A) or gray, uint8/uint16) for ``path``'s extension and write it atomically."""
+    extension = path.suffix.lower()
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_RGBA2BGRA)
+    elif img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    params: List[int] = []
+    if extension in ('.jpg', '.jpeg'):
+        params = [cv2.IMWRITE_JPEG_QUALITY, _LOSSY_QUALITY]
+    elif extension == '.webp':
+        params = [cv2.IMWRITE_WEBP_QUALITY, _LOSSY_QUALITY]
+    ok, encoded = cv2.imencode(extension, img, params)
+    if not ok:
+        raise ValueError(f'OpenCV cannot encode a {img.shape} {img.dtype} image as {extension}')
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as handle:
+            handle.write(encoded.tobytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o666 & ~_umask())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+
+
+def _to_output_pixels(img: np.ndarray, depth: int, extension: str) -> np.ndarray:
+    if depth == 16 and extension in _KEEPS_16_BIT:
+        return np.clip(np.rint(img * 65535.0), 0, 65535).astype(np.uint16)
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+# --- the work ---------------------------------------------------------------------------------------------
+
+def build_upscaler(model_path: PathLike, *, backend: str = 'torch', tile: int = 0, tile_pad: int = 32,
+                   device: str = 'auto', precision: str = 'fp32', tta: bool = False,
+                   progress: bool = True) -> Upscaler:
+    """An Upscaler for an LKSMN checkpoint (backend 'torch') or an .onnx file (backend 'onnxruntime')."""
+    if backend not in BACKENDS:
+        raise ValueError(f'--backend must be one of {list(BACKENDS)}, got {backend!r}')
+    model_path = Path(model_path)
+    options = dict(tile=tile, tile_pad=tile_pad, precision=precision, tta=tta, progress=progress)
+    if backend == 'onnxruntime':
+        from lksmn_arch.export import OnnxModel
+        return Upscaler(OnnxModel(model_path, device=device), **options)
+    if model_path.suffix.lower() == '.onnx':
+        raise ValueError(f'-m {model_path} is an ONNX model; use --backend onnxruntime for it')
+    return Upscaler.from_checkpoint(str(model_path), device=device, **options)
+
+
+def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathLike, model_path: PathLike, *,
+                  tile: int = 0, tile_pad: int = 32, device: str = 'auto', precision: str = 'fp32',
+                  tta: bool = False, suffix: Optional[str] = None, ext: str = 'auto', backend: str = 'torch',
+                  alpha: str = 'network', progress: bool = True) -> UpscaleReport:
+    """Upscale the image files of ``inputs`` (files or folders) into ``output_dir``.
+
+    ``suffix`` defaults to ``_x<scale>``. Per-file problems (unreadable image, output that would overwrite
+    an input, two inputs with one output name) are collected in the report's ``failed`` list and reported on
+    stderr as they happen; set-up problems (model, missing input, bad option) raise OSError/ValueError.
+    """
+    if ext not in OUTPUT_EXTENSIONS:
+        raise ValueError(f'--ext must be one of {list(OUTPUT_EXTENSIONS)}, got {ext!r}')
+    if alpha not in ALPHA_MODES:
+        raise ValueError(f'--alpha must be one of {list(ALPHA_MODES)}, got {alpha!r}')
+    files = collect_inputs(inputs)
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f'output folder {output_dir} exists and is not a folder')
+    upscaler = build_upscaler(model_path, backend=backend, tile=tile, tile_pad=tile_pad, device=device,
+                              precision=precision, tta=tta, progress=progress)
+    suffix = f'_x{upscaler.scale}' if suffix is None else suffix
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    input_set = {p.resolve() for p in files}
+    report = UpscaleReport()
+    claimed: Dict[Path, Path] = {}
+
+    def fail(path: Path, reason: str) -> None:
+        report.failed.append((path, reason))
+        tqdm.write(f'failed: {path}: {reason}', file=sys.stderr)
+
+    for path in tqdm(files, desc='images', unit='img', disable=not progress):
+        try:
+            img, depth = read_image(path)
+            has_alpha = img.ndim == 3 and img.shape[2] == 4
+            target, notes = _final_extension(output_path(path, output_dir, suffix, ext), has_alpha, depth, ext)
+            resolved = target.resolve()
+            if resolved in input_set:
+                fail(path, f'its output {target} is an input file; refusing to overwrite it '
+                     f'(choose another -o folder or --suffix)')
+                continue
+            if resolved in claimed:
+                fail(path, f'its output {target} is also the output of {claimed[resolved]}')
+                continue
+            claimed[resolved] = path
+            if has_alpha and target.suffix.lower() not in _KEEPS_ALPHA:
+                img = img[..., :3]
+            scaled = upscaler.upscale_image(img.astype(np.float32) / (65535.0 if depth == 16 else 255.0),
+                                            alpha=alpha)
+            write_image_atomic(target, _to_output_pixels(scaled, depth, target.suffix.lower()))
+        except (OSError, ValueError, RuntimeError, MemoryError, cv2.error) as error:
+            fail(path, str(error) or type(error).__name__)
+            continue
+        for note in notes:
+            report.notes.append((path, note))
+            tqdm.write(f'note: {path}: {note}', file=sys.stderr)
+        report.written.append((path, target))
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='lksmn-upscale',
+        description='Upscale images (a file or a folder) with an LKSMN checkpoint, or with an ONNX export of one '
+        '(--backend onnxruntime). RGB, gray, RGBA, 8- and 16-bit images; EXIF orientation is applied. '
+        'Unreadable files are reported and skipped (exit status 1 at the end).')
+    parser.add_argument('-i', '--input', required=True, help='an image file or a folder of images')
+    parser.add_argument('-o', '--output', required=True, help='output folder (created if missing)')
+    parser.add_argument('-m', '--model', required=True,
+                        help='LKSMN checkpoint (.pth); an .onnx file with --backend onnxruntime')
+    parser.add_argument('--tile', type=int, default=0,
+                        help='tile size in input pixels, 0 for the whole image at once (default 0). Tiles bound '
+                        'memory for large images; the output differs slightly from whole-image output')
+    parser.add_argument('--tile-pad', type=int, default=32,
+                        help='context pixels around each tile, also the half-width of the blending band (default 32)')
+    parser.add_argument('--device', default='auto', choices=DEVICES, help='default auto: CUDA if available')
+    parser.add_argument('--precision', default='fp32', choices=tuple(PRECISIONS),
+                        help='fp32 (default), bf16, or fp16 (CUDA only; refused on the CPU). torch backend only')
+    parser.add_argument('--tta', action='store_true', help='x8 self-ensemble (flips/rotations averaged; 8x slower)')
+    parser.add_argument('--suffix', default=None, help='added to output file names (default _x<scale>)')
+    parser.add_argument('--ext', default='auto', choices=OUTPUT_EXTENSIONS,
+                        help='output format; auto keeps the input format, but uses png where the input format '
+                        'would lose alpha or 16 bits (default auto)')
+    parser.add_argument('--backend', default='torch', choices=BACKENDS,
+                        help='torch (a .pth checkpoint) or onnxruntime (an .onnx file from lksmn-export)')
+    parser.add_argument('--alpha', default='network', choices=ALPHA_MODES,
+                        help='how an alpha channel is upscaled: through the network (default) or bicubic')
+    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``lksmn-upscale``: 0 if every image was written, 1 if some failed, 2 on set-up errors."""
+    args = build_parser().parse_args(argv)
+    try:
+        report = upscale_paths(args.input, args.output, args.model, tile=args.tile, tile_pad=args.tile_pad,
+                               device=args.device, precision=args.precision, tta=args.tta, suffix=args.suffix,
+                               ext=args.ext, backend=args.backend, alpha=args.alpha, progress=not args.quiet)
+    except (OSError, ValueError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    print(f'{len(report.written)} image(s) written to {args.output}')
+    if report.failed:
+        print(f'{len(report.failed)} image(s) failed: {", ".join(str(path) for path, _ in report.failed)} '
+              f'(reasons above)', file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

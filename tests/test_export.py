@@ -1,0 +1,101 @@
+"""lksmn-export and the ONNX Runtime backend: dynamic shapes, agreement with PyTorch, the CLI."""
+import os
+import stat
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import lksmn_arch  # noqa: F401
+from lksmn_arch import export
+from lksmn_arch.archs.lksmn_arch import LKSMN
+from lksmn_arch.export import OnnxModel, create_session
+from lksmn_arch.upscale import upscale_paths
+
+SCALE = 3  # odd, so that a wrong output size cannot come out right by accident
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    """(checkpoint, onnx file, PyTorch model), exported once through the CLI."""
+    folder = tmp_path_factory.mktemp('export')
+    torch.manual_seed(0)
+    model = LKSMN(upscale=SCALE, num_feat=24, num_block=1, num_heads=2).eval()
+    checkpoint = folder / 'lksmn_x3.pth'
+    torch.save({'params': model.state_dict()}, checkpoint)
+    onnx_path = folder / 'models' / 'lksmn_x3.onnx'
+    assert export.main(['-m', str(checkpoint), '--onnx', str(onnx_path)]) == 0
+    return checkpoint, onnx_path, model
+
+
+@pytest.fixture(scope='module')
+def onnx_model(exported):
+    return OnnxModel(exported[1], device='cpu')
+
+
+@pytest.mark.parametrize('batch, height, width', [(1, 1, 1), (1, 16, 16), (1, 17, 23), (2, 13, 7), (2, 32, 45),
+                                                  (1, 64, 48)])
+def test_onnx_runtime_matches_pytorch_at_dynamic_sizes(exported, onnx_model, batch, height, width):
+    model = exported[2]
+    x = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(height * width))
+    with torch.no_grad():
+        expected = model(x)
+    got = onnx_model(x)
+    assert got.shape == (batch, 3, height * SCALE, width * SCALE)
+    assert float((got - expected).abs().max()) < 1e-4
+
+
+def test_export_is_atomic_and_records_scale_and_config(exported, onnx_model):
+    onnx_path = exported[1]
+    assert [p.name for p in onnx_path.parent.iterdir()] == ['lksmn_x3.onnx']  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(onnx_path.stat().st_mode) == 0o666 & ~umask  # not the temp file's private 0600
+    assert onnx_model.scale == SCALE
+    assert onnx_model.config['num_heads'] == 2 and onnx_model.config['upscale'] == SCALE
+    names = [i.name for i in create_session(onnx_path, 'cpu').get_inputs()]
+    assert names == ['input']
+
+
+def test_onnxruntime_backend_upscales_files_like_the_torch_backend(exported, tmp_path):
+    checkpoint, onnx_path, _ = exported
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / 'rgb.png'), rng.integers(0, 256, (9, 11, 3), dtype=np.uint8))
+    cv2.imwrite(str(tmp_path / 'rgba.png'), rng.integers(0, 256, (9, 11, 4), dtype=np.uint8))
+    via_torch = upscale_paths(tmp_path, tmp_path / 'torch', checkpoint, tile=6, tile_pad=2, progress=False)
+    via_ort = upscale_paths(tmp_path, tmp_path / 'ort', onnx_path, backend='onnxruntime', tile=6, tile_pad=2,
+                            device='cpu', progress=False)
+    assert via_torch.ok and via_ort.ok and len(via_ort.written) == 2
+    for name in ('rgb_x3.png', 'rgba_x3.png'):
+        a = cv2.imread(str(tmp_path / 'torch' / name), cv2.IMREAD_UNCHANGED).astype(int)
+        b = cv2.imread(str(tmp_path / 'ort' / name), cv2.IMREAD_UNCHANGED).astype(int)
+        assert a.shape == b.shape == (27, 33, a.shape[2]) and np.abs(a - b).max() <= 1
+
+
+def test_onnxruntime_backend_refuses_reduced_precision(exported, tmp_path):
+    _, onnx_path, _ = exported
+    cv2.imwrite(str(tmp_path / 'x.png'), np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match='runs in fp32'):
+        upscale_paths(tmp_path / 'x.png', tmp_path / 'out', onnx_path, backend='onnxruntime', precision='bf16')
+
+
+def test_a_checkpoint_given_as_onnx_model_is_refused_naming_it(exported):
+    checkpoint, _, _ = exported
+    with pytest.raises(ValueError, match=f'cannot load ONNX model {checkpoint}'):
+        OnnxModel(checkpoint, device='cpu')
+
+
+def test_export_cli_reports_a_bad_checkpoint_with_status_2(tmp_path, capsys):
+    (tmp_path / 'bad.pth').write_bytes(b'garbage')
+    assert export.main(['-m', str(tmp_path / 'bad.pth'), '--onnx', str(tmp_path / 'x.onnx')]) == 2
+    assert 'bad.pth' in capsys.readouterr().err
+    assert not (tmp_path / 'x.onnx').exists()
+
+
+def test_export_help_lists_its_options(capsys):
+    with pytest.raises(SystemExit) as info:
+        export.main(['--help'])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert all(flag in text for flag in ('--model', '--onnx', '--opset', '--no-verify'))

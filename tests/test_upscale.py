@@ -1,0 +1,184 @@
+"""lksmn-upscale: image files in, upscaled files out; modes, bit depth, EXIF, failures, safety."""
+import os
+import runpy
+import stat
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+import lksmn_arch  # noqa: F401
+from lksmn_arch import upscale
+from lksmn_arch.archs.lksmn_arch import LKSMN
+from lksmn_arch.upscale import apply_orientation, main, read_image, upscale_paths, write_image_atomic
+
+SCALE = 2
+H, W = 10, 14
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('ckpt') / 'lksmn_x2.pth'
+    torch.save({'params_ema': LKSMN(upscale=SCALE, num_feat=24, num_block=2).state_dict()}, path)
+    return path
+
+
+def _write(path: Path, img: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), img)
+    return path
+
+
+def _leftover_temp_files(folder: Path):
+    return [p.name for p in folder.iterdir() if p.name.endswith('.tmp')]
+
+
+def test_cli_upscales_rgb_gray_rgba_and_16_bit_images_and_reports_the_corrupt_one(tmp_path, checkpoint, capsys):
+    rng = np.random.default_rng(0)
+    src, out = tmp_path / 'in', tmp_path / 'out'
+    src.mkdir()
+    _write(src / 'rgb.png', rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
+    _write(src / 'gray.png', rng.integers(0, 256, (H, W), dtype=np.uint8))
+    _write(src / 'rgba.png', rng.integers(0, 256, (H, W, 4), dtype=np.uint8))
+    _write(src / 'deep.png', rng.integers(0, 65536, (H, W, 3), dtype=np.uint16))
+    _write(src / 'deep_gray.png', rng.integers(0, 65536, (H, W), dtype=np.uint16))
+    _write(src / 'photo.jpg', rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
+    (src / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n this is not really a png')
+    (src / 'notes.txt').write_text('not an image, not picked up')
+
+    status = main(['-i', str(src), '-o', str(out), '-m', str(checkpoint), '--quiet'])
+
+    assert status == 1
+    err = capsys.readouterr().err
+    assert 'broken.png' in err and 'cannot decode' in err
+    expected = {
+        'rgb_x2.png': ((H * 2, W * 2, 3), np.uint8), 'gray_x2.png': ((H * 2, W * 2), np.uint8),
+        'rgba_x2.png': ((H * 2, W * 2, 4), np.uint8), 'deep_x2.png': ((H * 2, W * 2, 3), np.uint16),
+        'deep_gray_x2.png': ((H * 2, W * 2), np.uint16), 'photo_x2.jpg': ((H * 2, W * 2, 3), np.uint8),
+    }
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)
+    for name, (shape, dtype) in expected.items():
+        written = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED)
+        assert written.shape == shape and written.dtype == dtype, name
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask for p in out.iterdir())  # not mkstemp's 0600
+    deep = cv2.imread(str(out / 'deep_x2.png'), cv2.IMREAD_UNCHANGED)
+    assert np.any(deep % 257 != 0)  # real 16-bit values, not 8-bit ones scaled up
+
+
+@pytest.mark.filterwarnings('ignore:.*found in sys.modules:RuntimeWarning')  # runpy, module already imported
+def test_one_image_file_through_python_dash_m(tmp_path, checkpoint, monkeypatch):
+    _write(tmp_path / 'one.png', np.full((H, W, 3), 128, np.uint8))
+    monkeypatch.setattr(sys, 'argv', ['lksmn_arch.upscale', '-i', str(tmp_path / 'one.png'), '-o',
+                                      str(tmp_path / 'out'), '-m', str(checkpoint), '--suffix', '_big', '--quiet'])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_module('lksmn_arch.upscale', run_name='__main__', alter_sys=False)
+    assert info.value.code == 0
+    assert cv2.imread(str(tmp_path / 'out' / 'one_big.png')).shape == (H * 2, W * 2, 3)
+
+
+@pytest.mark.parametrize('orientation', range(1, 9))
+def test_exif_orientation_is_applied_like_pillow_does(tmp_path, orientation):
+    pixels = np.random.default_rng(orientation).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / 'oriented.png'
+    image.save(path, exif=exif.tobytes())
+
+    decoded, depth = read_image(path)
+
+    with Image.open(path) as reference:
+        upright = np.asarray(ImageOps.exif_transpose(reference).convert('RGB'))
+    assert depth == 8 and np.array_equal(decoded, upright)
+    assert np.array_equal(apply_orientation(pixels, orientation), upright)
+
+
+def test_rotated_jpeg_is_upscaled_upright(tmp_path, checkpoint):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 16, 3), dtype=np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = 6  # stored landscape, displayed portrait
+    image.save(tmp_path / 'camera.jpg', exif=exif.tobytes())
+    report = upscale_paths(tmp_path / 'camera.jpg', tmp_path / 'out', checkpoint, progress=False)
+    assert report.ok
+    assert cv2.imread(str(tmp_path / 'out' / 'camera_x2.jpg')).shape == (16 * 2, 8 * 2, 3)
+
+
+def test_output_never_overwrites_an_input_file(tmp_path, checkpoint, capsys):
+    first = _write(tmp_path / 'a.png', np.full((H, W, 3), 10, np.uint8))
+    second = _write(tmp_path / 'a_x2.png', np.full((H, W, 3), 20, np.uint8))  # a.png's default output name
+    before = {p: p.read_bytes() for p in (first, second)}
+
+    same_name = main(['-i', str(tmp_path), '-o', str(tmp_path), '-m', str(checkpoint), '--suffix', '', '--quiet'])
+    default = main(['-i', str(tmp_path), '-o', str(tmp_path), '-m', str(checkpoint), '--quiet'])
+
+    assert same_name == 1 and default == 1
+    assert 'refusing to overwrite' in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (first, second)} == before
+    assert cv2.imread(str(tmp_path / 'a_x2_x2.png')).shape == (H * 2, W * 2, 3)  # the one that was safe
+    assert _leftover_temp_files(tmp_path) == []
+
+
+def test_tta_through_the_cli_gives_the_upscaled_shape(tmp_path, checkpoint):
+    _write(tmp_path / 'small.png', np.random.default_rng(1).integers(0, 256, (7, 5, 3), dtype=np.uint8))
+    status = main(['-i', str(tmp_path / 'small.png'), '-o', str(tmp_path / 'out'), '-m', str(checkpoint),
+                   '--tta', '--tile', '4', '--tile-pad', '2', '--device', 'cpu', '--quiet'])
+    assert status == 0
+    assert cv2.imread(str(tmp_path / 'out' / 'small_x2.png')).shape == (14, 10, 3)
+
+
+def test_explicit_jpg_drops_alpha_and_says_so_while_auto_keeps_it(tmp_path, checkpoint):
+    _write(tmp_path / 'logo.png', np.random.default_rng(2).integers(0, 256, (H, W, 4), dtype=np.uint8))
+    jpg = upscale_paths(tmp_path / 'logo.png', tmp_path / 'jpg', checkpoint, ext='jpg', progress=False)
+    assert jpg.ok and 'alpha dropped' in jpg.notes[0][1]
+    assert cv2.imread(str(tmp_path / 'jpg' / 'logo_x2.jpg'), cv2.IMREAD_UNCHANGED).shape == (H * 2, W * 2, 3)
+    webp = upscale_paths(tmp_path / 'logo.png', tmp_path / 'webp', checkpoint, ext='webp', alpha='bicubic',
+                         progress=False)
+    assert webp.ok and not webp.notes
+    assert cv2.imread(str(tmp_path / 'webp' / 'logo_x2.webp'), cv2.IMREAD_UNCHANGED).shape == (H * 2, W * 2, 4)
+
+
+def test_failed_write_leaves_neither_output_nor_temp_file(tmp_path, monkeypatch):
+    def broken_replace(src, dst):
+        raise OSError('disk full')
+
+    monkeypatch.setattr(upscale.os, 'replace', broken_replace)
+    with pytest.raises(OSError, match='disk full'):
+        write_image_atomic(tmp_path / 'x.png', np.zeros((4, 4, 3), np.uint8))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['-m', 'missing.pth'], 'missing.pth does not exist'),
+    (['-m', 'model.onnx'], 'use --backend onnxruntime'),
+    (['--device', 'cpu', '--precision', 'fp16'], "'fp16' needs a CUDA device"),
+    (['--tile', '-3'], 'tile must be'),
+])
+def test_set_up_errors_exit_with_status_2_and_a_clear_message(tmp_path, checkpoint, capsys, monkeypatch, extra,
+                                                              message):
+    _write(tmp_path / 'img.png', np.zeros((H, W, 3), np.uint8))
+    (tmp_path / 'model.onnx').write_bytes(b'onnx')
+    monkeypatch.chdir(tmp_path)
+    args = ['-i', 'img.png', '-o', 'out', '-m', str(checkpoint)] + extra
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_input_is_a_set_up_error(tmp_path, checkpoint, capsys):
+    assert main(['-i', str(tmp_path / 'nowhere'), '-o', str(tmp_path / 'out'), '-m', str(checkpoint)]) == 2
+    assert 'nowhere does not exist' in capsys.readouterr().err
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(['--help'])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ('--input', '--output', '--model', '--tile', '--tile-pad', '--device', '--precision', '--tta',
+                 '--suffix', '--ext', '--backend', '--alpha'):
+        assert flag in text
