@@ -16,6 +16,7 @@ import yaml
 
 import lksmn_arch  # noqa: F401  (compat fixes, LKSMN and LKSMNModel registered)
 from lksmn_arch import resume
+from lksmn_arch.checkpoint import CheckpointError
 from lksmn_arch.atomic import check_writable
 from lksmn_arch.models.lksmn_model import shield_dataloader_workers
 from lksmn_arch.dataset_checks import DatasetError, check_dataset_options, name_files_in_sample_errors
@@ -183,7 +184,7 @@ def cli(runner, prog: str, argv: Optional[Sequence[str]] = None) -> int:
     except OptionsError as error:
         print(f'{prog}: error: {error}', file=sys.stderr)
         return 2
-    except resume.TrainingError as error:  # unsafe checkpoint, failed save, non-finite losses: one line
+    except (resume.TrainingError, CheckpointError) as error:  # unsafe/corrupt checkpoint, failed save, NaNs
         print(f'{prog}: error: {error}', file=sys.stderr)
         return 1
     return 0

@@ -12,13 +12,13 @@ warning names the file and the next older state is tried. Temporary files of int
 """
 import logging
 import os
-import pickle
-import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from basicsr.utils import check_resume
+
+from lksmn_arch import checkpoint
 
 logger = logging.getLogger('basicsr')
 
@@ -39,19 +39,11 @@ class ResumeStateError(TrainingError):
 
 
 def load_trusted(path: os.PathLike) -> Any:
-    """``torch.load`` with ``weights_only=True`` onto the CPU; files needing pickled code are refused."""
+    """``checkpoint.read_checkpoint`` (weights-only, onto the CPU), with refusals as training errors."""
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except FileNotFoundError:
-        raise
-    except pickle.UnpicklingError as error:
-        if 'Weights only load failed' not in str(error):
-            raise
-        detail = re.search(r'WeightsUnpickler error: ([^\n]*)', str(error))
-        raise UnsafeCheckpointError(
-            f'{path}: refused, it contains pickled Python objects that would run code when loaded '
-            f'(weights-only loading rejected it{": " + detail.group(1) if detail else ""}). '
-            f'Only plain tensor checkpoints are loaded.') from None
+        return checkpoint.read_checkpoint(path)
+    except checkpoint.UnsafeCheckpointError as error:
+        raise UnsafeCheckpointError(str(error)) from None
 
 
 def _warn(message: str, opt: Dict[str, Any]) -> None:

@@ -418,7 +418,7 @@ def test_pretrained_weights_carrying_pickled_code_are_refused(finished_run, driv
     write_yaml(tmp_path / 'train.yml', opt)
     result = _run(driver, tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
-    assert f'lksmn-train: error: {tmp_path / "pretrained.pth"}: refused, it contains pickled Python objects' \
+    assert f'lksmn-train: error: refusing checkpoint {tmp_path / "pretrained.pth"}: torch.load(weights_only=True) refused it' \
         in result.stderr
     assert 'Traceback' not in result.stderr
     assert not marker.exists()
@@ -438,7 +438,7 @@ def test_resume_state_carrying_pickled_code_is_refused(finished_run, driver, tmp
     write_yaml(workdir / 'train.yml', opt)
     result = _run(driver, workdir)
     assert result.returncode == 1, result.stderr[-3000:]
-    assert f'lksmn-train: error: {state_path}: refused, it contains pickled Python objects' in result.stderr
+    assert f'lksmn-train: error: refusing checkpoint {state_path}: torch.load(weights_only=True) refused it' in result.stderr
     assert 'Traceback' not in result.stderr
     assert not marker.exists()
     assert not (_experiment(workdir) / 'training_states' / '6.state').exists()
