@@ -151,3 +151,46 @@ def test_train_option_file_runs_a_few_iterations_on_a_small_prepared_dataset(tin
     assert result.returncode == 0, result.stderr[-3000:]
     assert gt.is_dir() and lq.is_dir()
     assert (tmp_path / 'experiments' / 'LKSMN_x4_DF2K' / 'models' / 'net_g_2.pth').is_file()
+
+
+@pytest.fixture(scope='module')
+def x4_checkpoint(tmp_path_factory):
+    """A default-size LKSMN x4 checkpoint (random weights) saved as BasicSR saves an EMA run."""
+    from lksmn_arch import LKSMN
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('x4') / 'net_g_latest.pth'
+    weights = LKSMN(upscale=4).state_dict()
+    torch.save({'params': weights, 'params_ema': weights}, path)
+    return path
+
+
+def test_benchmark_option_file_runs_all_five_sets_in_order(x4_checkpoint, tmp_path):
+    from conftest import photo_crops, write_pairs
+    pairs = write_pairs(tmp_path / 'data', photo_crops(1, 32, seed=5), scale=4)
+    overrides = [f'path:pretrain_network_g={x4_checkpoint}']
+    for index in range(1, 6):
+        overrides += [f'datasets:test_{index}:dataroot_gt={pairs["gt"]}',
+                      f'datasets:test_{index}:dataroot_lq={pairs["lq"]}']
+    result = run_module('lksmn_arch.test', '-opt', str(REPO / 'options' / 'test_LKSMN_x4.yml'), '--force_yml',
+                        *overrides, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = _log_text(tmp_path / 'results' / 'LKSMN_x4_benchmarks', 'test')
+    assert re.findall(r'Testing (\w+)\.\.\.', log) == ['Set5', 'Set14', 'B100', 'Urban100', 'Manga109']
+    assert 'with param key: [params_ema]' in log
+    assert len(PSNR_LINE.findall(log)) == 5
+
+
+def test_single_image_option_file_upscales_lr_images_without_ground_truth(x4_checkpoint, tmp_path):
+    from conftest import photo_crops
+    import cv2
+    lr_dir = tmp_path / 'lr'
+    lr_dir.mkdir()
+    for index, crop in enumerate(photo_crops(2, 12, seed=7)):
+        cv2.imwrite(str(lr_dir / f'img{index}.png'), crop)
+    result = run_module('lksmn_arch.test', '-opt', str(REPO / 'options' / 'test_LKSMN_x4_single.yml'),
+                        '--force_yml', f'datasets:test_1:dataroot_lq={lr_dir}',
+                        f'path:pretrain_network_g={x4_checkpoint}', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = sorted((tmp_path / 'results' / 'LKSMN_x4_single' / 'visualization' / 'single').glob('*.png'))
+    assert [p.name for p in outputs] == ['img0_LKSMN_x4_single.png', 'img1_LKSMN_x4_single.png']
+    assert cv2.imread(str(outputs[0])).shape == (48, 48, 3)
