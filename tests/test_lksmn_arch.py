@@ -1,12 +1,12 @@
 """The LKSMN network: shapes, parameter budget, registry, save/reload, gradients, bad input."""
-import importlib
+import subprocess
+import sys
 
 import pytest
 import torch
 import yaml
 
-import lksmn_arch
-from lksmn_arch.archs import lksmn_arch as arch_module
+import lksmn_arch  # noqa: F401
 from lksmn_arch.archs.lksmn_arch import LKCD, LKSMN, MDTA, MLFA, MSMA, GatedFeedForward, PixelShuffleUpsampler
 
 PAPER_X4_PARAMETERS = 253_000
@@ -66,11 +66,19 @@ def test_default_build_network_call_from_the_readme():
 
 
 def test_reimport_and_reload_do_not_raise_already_registered():
-    from basicsr.utils.registry import ARCH_REGISTRY
-    importlib.import_module('lksmn_arch')
-    importlib.reload(arch_module)
-    importlib.reload(lksmn_arch.archs)
-    assert ARCH_REGISTRY.get('LKSMN').__qualname__ == 'LKSMN'
+    """In a fresh interpreter, so that the reloaded classes do not leak into other tests."""
+    code = (
+        'import importlib, lksmn_arch, basicsr.archs\n'
+        'from lksmn_arch.archs import lksmn_arch as arch\n'
+        'importlib.import_module("lksmn_arch")\n'
+        'importlib.reload(arch)\n'
+        'importlib.reload(lksmn_arch.archs)\n'
+        'from basicsr.utils.registry import ARCH_REGISTRY\n'
+        'assert ARCH_REGISTRY.get("LKSMN") is arch.LKSMN\n'
+        'print(type(basicsr.archs.build_network({"type": "LKSMN", "upscale": 2})).__name__)\n')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == 'LKSMN'
 
 
 def test_a_different_class_under_the_same_name_is_still_refused():

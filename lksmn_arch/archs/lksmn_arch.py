@@ -28,9 +28,10 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var, mean = torch.var_mean(x, dim=1, keepdim=True, unbiased=False)
-        x = (x - mean) * torch.rsqrt(var + self.eps)
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
+        # F.layer_norm over a channels-last view: one fused kernel, several times faster than reducing
+        # over dim 1 of NCHW; the result keeps channels-last strides, which the following convs accept.
+        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
 
 
 class LKCD(nn.Module):
