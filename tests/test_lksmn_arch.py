@@ -138,3 +138,19 @@ def test_hyperparameters_are_keyword_only():
 def test_bad_input_shape_is_a_value_error_naming_the_expected_shape(small_models, shape):
     with pytest.raises(ValueError, match=r'input x must be a 4D \(batch, 3, height, width\)'):
         small_models[4](torch.rand(shape))
+
+
+def test_layer_norm_gives_the_same_result_eager_and_under_compilation(monkeypatch):
+    from lksmn_arch.archs.lksmn_arch import LayerNorm2d
+    torch.manual_seed(3)
+    norm = LayerNorm2d(8)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(2, 8, 5, 7) * 3 + 1
+    eager = norm(x)
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    compiled_branch = norm(x)
+    reference = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (8,), norm.weight, norm.bias, 1e-6)
+    assert torch.allclose(eager, compiled_branch, atol=1e-5)
+    assert torch.allclose(eager, reference.permute(0, 3, 1, 2), atol=1e-6)
