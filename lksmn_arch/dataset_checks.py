@@ -14,7 +14,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from PIL import Image
 
-IMAGE_SUFFIXES = {'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm'}
 MAX_HEADER_CHECKS = 4000  # beyond this many pairs, an evenly spaced sample is checked up front
 _META_LINE = re.compile(r'^(\S+)\s+\((\d+),\s*(\d+),\s*(\d+)\)')
 
@@ -24,7 +23,8 @@ class DatasetError(ValueError):
 
 
 def _list_images(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """The files BasicSR's folder datasets read: every non-hidden file directly in ``folder``."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith('.'))
 
 
 def _image_size(path: Path) -> Tuple[int, int]:

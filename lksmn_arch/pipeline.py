@@ -161,11 +161,12 @@ def run_training(argv: Optional[Sequence[str]] = None, root_path: Optional[str] 
     """``basicsr.train.train_pipeline`` with checked options and the plugin's resume logic."""
     import basicsr.train
     argv = _prepare(prog, argv, is_train=True)
-    check_writable(Path(root_path or os.getcwd()) / 'experiments', 'experiments folder')
+    root = os.path.abspath(root_path or os.getcwd())
+    check_writable(Path(root) / 'experiments', 'experiments folder')
     shield_dataloader_workers()  # a SIGTERM to the process group must reach the trainer, not kill its workers
     basicsr.train.load_resume_state = resume.load_resume_state
     with _basicsr_argv(prog, argv):
-        basicsr.train.train_pipeline(os.path.abspath(root_path or os.getcwd()))
+        basicsr.train.train_pipeline(root)
 
 
 def run_testing(argv: Optional[Sequence[str]] = None, root_path: Optional[str] = None,

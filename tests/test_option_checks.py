@@ -119,3 +119,13 @@ def test_a_sample_failing_at_load_time_names_its_files(pairs):
     index = [p['lq_path'] for p in dataset.paths].index(str(lq / '003.png'))
     with pytest.raises(DatasetError, match=r'cannot load sample .*003\.png'):
         dataset[index]
+
+
+def test_a_stray_non_image_file_in_a_dataroot_is_named(pairs, tmp_path, capsys):
+    """BasicSR reads every non-hidden file of the folder; a README there would fail inside a worker."""
+    gt, lq = pairs
+    (gt / 'notes.txt').write_text('not an image')
+    (lq / 'notes.txt').write_text('not an image')
+    (gt / '.hidden').write_text('ignored, as BasicSR ignores it')
+    err = _train_error(tmp_path, capsys, _options(gt, lq))
+    assert 'cannot read image' in err and 'notes.txt' in err
