@@ -43,13 +43,28 @@ def _fsync_folder(folder: Path) -> None:
         os.close(handle)
 
 
-def _write_once(obj: Any, path: Path) -> None:
-    temporary = temporary_path(path)
+def _fsync_file(path: Path) -> None:
+    handle = os.open(path, os.O_RDONLY)
     try:
-        with open(temporary, 'wb') as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def replace_atomically(path: os.PathLike, write: Callable[[Path], None], *, temporary: Optional[Path] = None,
+                       durable: bool = True) -> None:
+    """Have ``write`` create a temporary file beside ``path``, then rename it onto ``path``.
+
+    Readers see the old file or the complete new one, never a partial one; on any failure the temporary
+    file is removed and ``path`` is untouched. ``temporary`` defaults to ``temporary_path(path)``;
+    ``durable`` also fsyncs the file and its folder (checkpoints) rather than leaving that to the OS.
+    """
+    path = Path(path)
+    temporary = temporary_path(path) if temporary is None else temporary
+    try:
+        write(temporary)
+        if durable:
+            _fsync_file(temporary)
         os.replace(temporary, path)
     except BaseException:
         try:
@@ -57,7 +72,16 @@ def _write_once(obj: Any, path: Path) -> None:
         except OSError:
             pass
         raise
-    _fsync_folder(path.parent)
+    if durable:
+        _fsync_folder(path.parent)
+
+
+def _write_once(obj: Any, path: Path) -> None:
+    def write(temporary: Path) -> None:
+        with open(temporary, 'wb') as handle:
+            torch.save(obj, handle)
+
+    replace_atomically(path, write)
 
 
 def atomic_save(obj: Any, path: os.PathLike, what: str, attempts: int = 3,

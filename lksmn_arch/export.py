@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lksmn_arch.atomic import replace_atomically
 from lksmn_arch.checkpoint import build_model_from_checkpoint
 
 DEFAULT_OPSET = 18
@@ -57,33 +57,23 @@ def export_onnx(model: nn.Module, path: PathLike, *, opset: int = DEFAULT_OPSET,
     dynamic = {0: Dim('batch', min=1), 2: Dim('height', min=1), 3: Dim('width', min=1)}
     forward_arg = next(iter(_forward_parameters(model)))
 
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with warnings.catch_warnings():
-            # torch-internal noise of the exporter, not actionable by the user
-            warnings.filterwarnings('ignore', message='.*LeafSpec.*', category=FutureWarning)
-            try:
-                program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
-                                            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                            dynamic_shapes={forward_arg: dynamic}, external_data=False,
-                                            verbose=False)
-            except Exception as error:  # torch.export / onnxscript raise many types; say which step failed
-                raise RuntimeError(f'ONNX export to {path} failed (opset {opset}): {type(error).__name__}: '
-                                   f'{error}') from error
-        proto = program.model_proto
-        for key, value in (metadata or {}).items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save_model(proto, str(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it a normal file's permissions
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with warnings.catch_warnings():
+        # torch-internal noise of the exporter, not actionable by the user
+        warnings.filterwarnings('ignore', message='.*LeafSpec.*', category=FutureWarning)
+        try:
+            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
+                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                        dynamic_shapes={forward_arg: dynamic}, external_data=False,
+                                        verbose=False)
+        except Exception as error:  # torch.export / onnxscript raise many types; say which step failed
+            raise RuntimeError(f'ONNX export to {path} failed (opset {opset}): {type(error).__name__}: '
+                               f'{error}') from error
+    proto = program.model_proto
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    replace_atomically(path, lambda temporary: onnx.save_model(proto, str(temporary)),
+                       temporary=path.with_name(f'.{path.name}.{os.getpid()}.tmp'))
     return path
 
 

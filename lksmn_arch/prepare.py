@@ -53,6 +53,8 @@ from basicsr.utils.img_util import imfrombytes
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from basicsr.utils.matlab_functions import imresize
 
+from lksmn_arch.atomic import replace_atomically
+
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pnm')
 PNG_COMPRESSION = 3  # BasicSR's extract_subimages.py default
 LMDB_COMPRESSION = 1  # make_lmdb_from_imgs's default (it re-encodes every image)
@@ -185,13 +187,8 @@ def write_png_atomic(img: np.ndarray, path: Path, compression: int = PNG_COMPRES
     ok, encoded = cv2.imencode('.png', np.ascontiguousarray(img), [cv2.IMWRITE_PNG_COMPRESSION, compression])
     if not ok:
         raise OSError(f'OpenCV could not encode {path.name}')
-    temp = path.with_name(f'.{path.name}.{os.getpid()}{TEMP_SUFFIX}')
-    try:
-        temp.write_bytes(encoded.tobytes())
-        os.replace(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
+    replace_atomically(path, lambda temp: temp.write_bytes(encoded.tobytes()),
+                       temporary=path.with_name(f'.{path.name}.{os.getpid()}{TEMP_SUFFIX}'), durable=False)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -384,9 +381,9 @@ def _read_manifest(folder: Path) -> Optional[dict]:
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:
-    temp = folder / (MANIFEST_NAME + TEMP_SUFFIX)
-    temp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + '\n')
-    os.replace(temp, folder / MANIFEST_NAME)
+    text = json.dumps(manifest, indent=1, sort_keys=True) + '\n'
+    replace_atomically(folder / MANIFEST_NAME, lambda temp: temp.write_text(text),
+                       temporary=folder / (MANIFEST_NAME + TEMP_SUFFIX), durable=False)
 
 
 def _visible_files(folder: Path) -> List[Path]:

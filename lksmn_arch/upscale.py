@@ -16,7 +16,6 @@ exit status is 1 at the end. Outputs are written atomically (a temporary file in
 import argparse
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -25,6 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from lksmn_arch.atomic import replace_atomically
 from lksmn_arch.inference import ALPHA_MODES, PRECISIONS, Upscaler
 
 PathLike = Union[str, os.PathLike]
@@ -160,12 +160,6 @@ def _final_extension(path: Path, has_alpha: bool, depth: int, ext: str) -> Tuple
     return path, notes
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_image_atomic(path: Path, img: np.ndarray) -> None:
     """Encode ``img`` (RGB(A) or gray, uint8/uint16) for ``path``'s extension and write it atomically."""
     extension = path.suffix.lower()
@@ -181,18 +175,8 @@ def write_image_atomic(path: Path, img: np.ndarray) -> None:
     ok, encoded = cv2.imencode(extension, img, params)
     if not ok:
         raise ValueError(f'OpenCV cannot encode a {img.shape} {img.dtype} image as {extension}')
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as handle:
-            handle.write(encoded.tobytes())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o666 & ~_umask())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    replace_atomically(path, lambda temporary: temporary.write_bytes(encoded.tobytes()),
+                       temporary=path.with_name(f'.{path.name}.{os.getpid()}.tmp'))
 
 
 def _to_output_pixels(img: np.ndarray, depth: int, extension: str) -> np.ndarray:
