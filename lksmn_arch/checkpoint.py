@@ -22,18 +22,18 @@ from lksmn_arch.archs.lksmn_arch import LKSMN, SUPPORTED_SCALES
 PathLike = Union[str, os.PathLike]
 StateDict = Dict[str, torch.Tensor]
 
-# Keys every LKSMN state dict has, whatever its hyperparameters (block 0 and group 0 always exist).
+# Keys every LKSMN state dict has, whatever its hyperparameters (block 0 and group 0 always exist;
+# MDTA, the feed-forward and MLFA are optional, and which of them is present is read from the keys).
 REQUIRED_KEYS = (
     'conv_first.weight',
     'blocks.0.msma.lkcd.0.local.weight',
     'blocks.0.msma.lkcd.0.dilated.weight',
-    'blocks.0.mdta.temperature',
-    'blocks.0.ffn.project_in.weight',
-    'mlfa.fuse.weight',
+    'blocks.0.msma.attention_in.weight',
     'upsampler.0.weight',
 )
 DEFAULT_LKCD_KERNELS = ((9, 2), (21, 3), (33, 4))
 DEFAULT_FFN_EXPANSION = 2.0
+DEFAULT_NUM_HEADS = 4
 
 _BLOCK_KEY = re.compile(r'^blocks\.(\d+)\.')
 _LKCD_KEY = re.compile(r'^blocks\.0\.msma\.lkcd\.(\d+)\.local\.weight$')
@@ -205,14 +205,28 @@ def infer_lksmn_config(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, obje
     if absent:
         raise CheckpointError(f'not an LKSMN checkpoint: blocks {absent} are missing (highest block is '
                               f'{num_block - 1})')
-    fuse_in = int(state_dict['mlfa.fuse.weight'].shape[1])
-    if fuse_in != num_feat * (num_block + 1):
-        raise CheckpointError(f'mlfa.fuse.weight takes {fuse_in} channels but {num_block} blocks of {num_feat} '
-                              f'channels make {num_feat * (num_block + 1)}')
+    mlfa = 'mlfa.fuse.weight' in state_dict
+    if mlfa:
+        fuse_in = int(state_dict['mlfa.fuse.weight'].shape[1])
+        if fuse_in != num_feat * (num_block + 1):
+            raise CheckpointError(f'mlfa.fuse.weight takes {fuse_in} channels but {num_block} blocks of {num_feat} '
+                                  f'channels make {num_feat * (num_block + 1)}')
 
-    num_heads = int(state_dict['blocks.0.mdta.temperature'].shape[0])
-    hidden = int(state_dict['blocks.0.ffn.project_in.weight'].shape[0]) // 2
-    ffn_expansion = _ffn_expansion(num_feat, hidden)
+    mdta = 'blocks.0.mdta.temperature' in state_dict
+    num_heads = int(state_dict['blocks.0.mdta.temperature'].shape[0]) if mdta else DEFAULT_NUM_HEADS
+    if 'blocks.0.ffn.dwconv.weight' in state_dict:
+        ffn, hidden = 'gated_dconv', int(state_dict['blocks.0.ffn.project_in.weight'].shape[0]) // 2
+    elif 'blocks.0.ffn.spatial.weight' in state_dict:
+        ffn, hidden = 'conv_mixer', int(state_dict['blocks.0.ffn.spatial.weight'].shape[0])
+    else:
+        ffn, hidden = 'none', None
+    ffn_expansion = _ffn_expansion(num_feat, hidden) if hidden is not None else DEFAULT_FFN_EXPANSION
+    if 'blocks.0.norm_spatial.running_mean' in state_dict:
+        norm = 'batchnorm'
+    elif 'blocks.0.norm_spatial.weight' in state_dict:
+        norm = 'layernorm'
+    else:
+        norm = 'none'
 
     groups = sorted(int(m.group(1)) for m in map(_LKCD_KEY.match, state_dict) if m)
     if groups != list(range(len(groups))):
@@ -234,6 +248,10 @@ def infer_lksmn_config(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, obje
         'lkcd_kernels': tuple(lkcd_kernels),
         'num_heads': num_heads,
         'ffn_expansion': ffn_expansion,
+        'norm': norm,
+        'ffn': ffn,
+        'mdta': mdta,
+        'mlfa': mlfa,
     }
 
 

@@ -8,10 +8,14 @@ correctly; the dynamo one is used. The example input has batch 2 and a non-squar
 torch.export does not specialise any dimension to 1 or to a square shape. After the export the model is
 checked against PyTorch with ONNX Runtime on two other input shapes (disable with ``--no-verify``).
 
+``lksmn-export`` exports the network's exact inference form (``LKSMN.fuse_for_inference``), the form
+``lksmn-upscale`` runs, and checks it against the checkpoint's training form.
+
 The model's scale and hyperparameters are stored in the ONNX metadata (``lksmn_scale``, ``lksmn_config``)
 so that ``OnnxModel`` (used by ``lksmn-upscale --backend onnxruntime``) needs only the .onnx file.
 """
 import argparse
+import copy
 import json
 import os
 import sys
@@ -179,8 +183,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         model, config = build_model_from_checkpoint(args.model)
         metadata = {'lksmn_scale': str(config['upscale']), 'lksmn_config': json.dumps(config)}
-        path = export_onnx(model, args.onnx, opset=args.opset, metadata=metadata)
-        print(f'wrote {path} (x{config["upscale"]}, opset {args.opset}, dynamic batch/height/width)')
+        # the exported graph is the exact inference form; the check below compares it with the training form
+        path = export_onnx(copy.deepcopy(model).fuse_for_inference(), args.onnx, opset=args.opset, metadata=metadata)
+        print(f'wrote {path} (x{config["upscale"]}, opset {args.opset}, dynamic batch/height/width, fused for '
+              f'inference)')
         if not args.no_verify:
             diff = max_abs_difference(model, path)
             shapes = ', '.join(f'{b}x{h}x{w}' for b, h, w in VERIFY_SHAPES)

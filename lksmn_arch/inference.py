@@ -3,6 +3,7 @@
     upscaler = Upscaler.from_checkpoint('net_g.pth', tile=256, tile_pad=32)
     sr = upscaler.upscale_image(rgb_float32)       # HxW, HxWx1, HxWx3 or HxWx4 in [0, 1]
 """
+import copy
 import math
 from typing import Callable, List, Optional, Tuple, Union
 
@@ -95,7 +96,8 @@ class Upscaler:
 
     Precision: 'fp32', 'bf16' (CPU and CUDA), 'fp16' (CUDA only: on the CPU it is refused with a ValueError
     rather than silently falling back, so that a requested precision is the one that runs). The network is
-    cast to that precision and moved to the device in place. Outputs are float32 on the CPU.
+    cast to that precision and moved to the device in place (an LKSMN is first copied and fused, so the caller's
+    network keeps its training form). Outputs are float32 on the CPU.
 
     Args:
         model: an nn.Module (moved/cast in place) or a callable on CPU float32 tensors (e.g. ONNX Runtime).
@@ -106,11 +108,15 @@ class Upscaler:
         precision: 'fp32', 'fp16' or 'bf16'.
         tta: x8 self-ensemble.
         progress: show a tqdm bar over tiles when an image has more than one.
+        fuse: run a network that has ``fuse_for_inference`` (LKSMN) in its exact inference form (fused in
+            place; the default, and the fastest: see benchmarks/speed.py).
+        channels_last: run an nn.Module in channels_last memory format (the default; faster on CPU and GPU
+            for LKSMN's convolutions).
     """
 
     def __init__(self, model: Network, scale: Optional[int] = None, *, tile: int = 0, tile_pad: int = 32,
                  device: Union[str, torch.device] = 'auto', precision: str = 'fp32', tta: bool = False,
-                 progress: bool = True) -> None:
+                 progress: bool = True, fuse: bool = True, channels_last: bool = True) -> None:
         if type(tile) is not int or tile < 0:
             raise ValueError(f'tile must be an int >= 0 (0: whole image), got {tile!r}')
         if type(tile_pad) is not int or tile_pad < 0:
@@ -133,7 +139,11 @@ class Upscaler:
             if self.dtype == torch.float16 and self.device.type != 'cuda':
                 raise ValueError(f"precision 'fp16' needs a CUDA device, but the device is {self.device} "
                                  "(use 'bf16' or 'fp32' on the CPU)")
-            self.model: Network = model.to(device=self.device, dtype=self.dtype).eval()
+            if fuse and callable(getattr(model, 'fuse_for_inference', None)):
+                model = copy.deepcopy(model).fuse_for_inference()  # the caller's network stays trainable
+            self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+            self.model: Network = model.to(device=self.device, dtype=self.dtype,
+                                           memory_format=self.memory_format).eval()
         else:
             if precision != 'fp32':
                 raise ValueError(f"precision {precision!r} is for PyTorch networks; this network (ONNX Runtime) "
@@ -158,7 +168,8 @@ class Upscaler:
             inp = _dihedral(x, index).contiguous()
             with torch.no_grad():
                 if isinstance(self.model, nn.Module):
-                    out = self.model(inp.to(device=self.device, dtype=self.dtype)).float().cpu()
+                    inp = inp.to(device=self.device, dtype=self.dtype, memory_format=self.memory_format)
+                    out = self.model(inp).float().cpu().contiguous()
                 else:
                     out = self.model(inp)
             out = _dihedral_inverse(out, index)

@@ -9,7 +9,8 @@ from lksmn_arch.checkpoint import (CheckpointError, build_model_from_checkpoint,
 
 SMALL = dict(num_feat=24, num_block=2)
 DEFAULTS = dict(upscale=4, num_in_ch=3, num_out_ch=3, num_feat=48, num_block=5,
-                lkcd_kernels=((9, 2), (21, 3), (33, 4)), num_heads=4, ffn_expansion=2.0)
+                lkcd_kernels=((9, 2), (21, 3), (33, 4)), num_heads=4, ffn_expansion=2.0, norm='layernorm',
+                ffn='gated_dconv', mdta=True, mlfa=True)
 
 
 class RunsCodeWhenUnpickled:
@@ -40,7 +41,8 @@ def test_scale_and_config_read_back_from_basicsr_checkpoint_rebuild_identical_mo
     model, config = build_model_from_checkpoint(path)
 
     assert config == {'upscale': scale, 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 24, 'num_block': 2,
-                      'lkcd_kernels': ((9, 2), (21, 3), (33, 4)), 'num_heads': 4, 'ffn_expansion': 2.0}
+                      'lkcd_kernels': ((9, 2), (21, 3), (33, 4)), 'num_heads': 4, 'ffn_expansion': 2.0,
+                      'norm': 'layernorm', 'ffn': 'gated_dconv', 'mdta': True, 'mlfa': True}
     assert not model.training
     _same_outputs(original, model, scale)
 
@@ -50,6 +52,10 @@ def test_scale_and_config_read_back_from_basicsr_checkpoint_rebuild_identical_mo
     dict(upscale=2, num_feat=16, num_block=1, lkcd_kernels=((7, 2), (3, 1), (40, 6), (11, 4)), num_heads=2,
          ffn_expansion=2.66),
     dict(upscale=4, num_in_ch=1, num_out_ch=1, num_feat=12, num_block=2, num_heads=1, ffn_expansion=0.5),
+    dict(upscale=4, num_feat=24, num_block=2, norm='batchnorm', ffn='conv_mixer', ffn_expansion=1.25),
+    dict(upscale=2, num_feat=18, num_block=3, norm='none', ffn='none', mdta=False, mlfa=False,
+         lkcd_kernels=((21, 3),)),
+    dict(upscale=3, num_feat=30, num_block=2, mdta=False, ffn='conv_mixer', ffn_expansion=0.66),
 ])
 def test_non_default_hyperparameters_are_inferred_well_enough_to_rebuild_the_same_network(tmp_path, kwargs):
     torch.manual_seed(0)
@@ -60,7 +66,8 @@ def test_non_default_hyperparameters_are_inferred_well_enough_to_rebuild_the_sam
     model, config = build_model_from_checkpoint(path)
 
     expected = {**DEFAULTS, **kwargs}
-    for key in ('upscale', 'num_in_ch', 'num_out_ch', 'num_feat', 'num_block', 'num_heads'):
+    for key in ('upscale', 'num_in_ch', 'num_out_ch', 'num_feat', 'num_block', 'num_heads', 'norm', 'ffn', 'mdta',
+                'mlfa'):
         assert config[key] == expected[key], key
     assert len(config['lkcd_kernels']) == len(expected['lkcd_kernels'])
     shapes = {k: v.shape for k, v in original.state_dict().items()}
@@ -102,7 +109,7 @@ def test_checkpoint_of_another_architecture_is_refused_naming_missing_keys(tmp_p
         build_model_from_checkpoint(path)
     message = str(info.value)
     assert 'not an LKSMN checkpoint' in message and str(path) in message
-    assert 'blocks.0.mdta.temperature' in message and 'upsampler.0.weight' in message
+    assert 'blocks.0.msma.attention_in.weight' in message and 'upsampler.0.weight' in message
     assert 'conv_first.weight' not in message.split('missing keys')[1]  # EDSR has that one
 
 

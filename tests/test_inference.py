@@ -51,11 +51,15 @@ def photo():
     return cv2.resize(data.astronaut(), (40, 48), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
 
 
-def test_whole_image_inference_is_exactly_the_network_output(model):
+def test_whole_image_inference_is_the_network_output_and_leaves_the_network_in_training_form(model):
     x = torch.rand(2, 3, 13, 17)
     with torch.no_grad():
         expected = model(x)
-    assert torch.equal(Upscaler(model, device='cpu').upscale_tensor(x), expected)
+    default = Upscaler(model, device='cpu').upscale_tensor(x)  # fused, channels_last: equal to float rounding
+    assert float((default - expected).abs().max()) < 1e-5
+    plain = Upscaler(model, device='cpu', fuse=False, channels_last=False).upscale_tensor(x)
+    assert torch.equal(plain, expected)
+    assert not model.fused and model.blocks[0].msma.attention_value is None
 
 
 @pytest.mark.parametrize('tile', [17, 18, 64])

@@ -3,28 +3,76 @@
 Zhang et al., The Visual Computer 2024 (DOI 10.1007/s00371-024-03562-5). The paper's code and full
 text are out of reach; this is a reconstruction from its abstract, built from the published
 definitions of its parts (VAN's large-kernel decomposition, Conv2Former's convolutional modulation,
-Restormer's MDTA and gated feed-forward). See the ``LKSMN`` docstring for what is the paper's and what
-is ours.
+Restormer's MDTA and gated feed-forward, SAFMN's convolutional channel mixer). See the ``LKSMN``
+docstring for what is the paper's and what is ours.
+
+Every module has a training form (what checkpoints hold) and an exact inference form, made by
+``LKSMN.fuse_for_inference()``: normalisation affines folded into the convs that read them, parallel
+convs merged, MDTA's output projection folded into its attention matrix.
 """
 import math
-from typing import Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
-from einops import rearrange
 from torch import nn
 
 SUPPORTED_SCALES = (2, 3, 4)
+NORMS = ('layernorm', 'batchnorm', 'none')
+FFNS = ('gated_dconv', 'conv_mixer', 'none')
 
+# An affine map per channel, x * scale + shift, that a normalisation hands to the conv reading its output.
+Affine = Tuple[torch.Tensor, torch.Tensor]
+
+
+# --- folding helpers (inference form) --------------------------------------------------------------------
+
+@torch.no_grad()
+def _fold_affine_into_conv(conv: nn.Conv2d, affine: Affine) -> None:
+    """Make the dense 1x1 ``conv(x)`` compute what ``conv(x * scale + shift)`` did (per input channel).
+
+    Only a 1x1 conv without padding takes the shift exactly: a padded conv would see the shift where the
+    original saw zero padding.
+    """
+    if conv.kernel_size != (1, 1) or conv.groups != 1 or conv.padding != (0, 0):
+        raise ValueError('an affine folds exactly only into a dense 1x1 conv without padding')
+    scale, shift = affine
+    if conv.bias is None:
+        conv.bias = nn.Parameter(torch.zeros(conv.out_channels, dtype=conv.weight.dtype, device=conv.weight.device))
+    conv.bias += conv.weight[:, :, 0, 0] @ shift
+    conv.weight *= scale.view(1, -1, 1, 1)
+
+
+@torch.no_grad()
+def _merge_convs(convs: Sequence[nn.Conv2d], *, groups: int = 1) -> nn.Conv2d:
+    """One conv whose output channels are those of ``convs`` stacked.
+
+    ``groups=1``: the convs all read the same input (parallel convs). ``groups=len(convs)``: conv i reads the
+    i-th channel group of the input (the grouped conv that replaces split, convs, concatenate).
+    """
+    first = convs[0]
+    merged = nn.Conv2d(first.in_channels * (groups if groups > 1 else 1), sum(c.out_channels for c in convs),
+                       first.kernel_size, padding=first.padding, dilation=first.dilation,
+                       groups=groups if groups > 1 else first.groups, bias=True)
+    merged.weight.copy_(torch.cat([c.weight for c in convs]))
+    merged.bias.copy_(torch.cat([c.bias if c.bias is not None else torch.zeros(c.out_channels) for c in convs]))
+    return merged.to(first.weight.device, first.weight.dtype)
+
+
+# --- normalisation -----------------------------------------------------------------------------------------
 
 class LayerNorm2d(nn.Module):
-    """Layer normalisation over the channel dimension of an NCHW tensor (as in Restormer/Conv2Former)."""
+    """Layer normalisation over the channel dimension of an NCHW tensor (as in Restormer/Conv2Former).
+
+    ``take_affine()`` (inference form) hands its per-channel affine to the next conv and keeps only the
+    standardisation.
+    """
 
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
+        self.weight: Optional[nn.Parameter] = nn.Parameter(torch.ones(channels))
+        self.bias: Optional[nn.Parameter] = nn.Parameter(torch.zeros(channels))
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -32,12 +80,49 @@ class LayerNorm2d(nn.Module):
             # inductor fuses this reduction over dim 1 with its neighbours (faster compiled than the below)
             var, mean = torch.var_mean(x, dim=1, keepdim=True, unbiased=False)
             x = (x - mean) * torch.rsqrt(var + self.eps)
-            return x * self.weight[:, None, None] + self.bias[:, None, None]
+            if self.weight is not None:
+                x = x * self.weight[:, None, None]
+            return x if self.bias is None else x + self.bias[:, None, None]
         # eager: F.layer_norm over a channels-last view is one fused kernel, several times faster than
         # reducing over dim 1 of NCHW; the result keeps channels-last strides, which the next convs accept.
         x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
 
+    @torch.no_grad()
+    def take_affine(self) -> Affine:
+        """Remove and return (scale, shift): what is left is the plain standardisation."""
+        affine = self.weight.detach().clone(), self.bias.detach().clone()
+        self.weight = self.bias = None
+        return affine
+
+
+def _make_norm(kind: str, channels: int) -> nn.Module:
+    if kind == 'layernorm':
+        return LayerNorm2d(channels)
+    if kind == 'batchnorm':
+        return nn.BatchNorm2d(channels)
+    return nn.Identity()
+
+
+@torch.no_grad()
+def _take_norm_affine(block: nn.Module, name: str) -> Optional[Affine]:
+    """Take the affine map out of ``block.<name>`` (a norm) for folding into the next conv.
+
+    LayerNorm keeps its standardisation; BatchNorm (eval statistics) is affine as a whole and becomes an
+    Identity. Returns None for no normalisation.
+    """
+    norm = getattr(block, name)
+    if isinstance(norm, LayerNorm2d):
+        return norm.take_affine()
+    if isinstance(norm, nn.BatchNorm2d):
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        shift = norm.bias - norm.running_mean * scale
+        setattr(block, name, nn.Identity())
+        return scale, shift
+    return None
+
+
+# --- the paper's parts -------------------------------------------------------------------------------------
 
 class LKCD(nn.Module):
     """Large-kernel convolution decomposition (VAN's LKA without its multiplication).
@@ -68,6 +153,9 @@ class MSMA(nn.Module):
     Convolutional modulation (Conv2Former): an attention branch, made of LKCD features rather than
     query-key scores, multiplies a value branch. The attention branch is multi-scale: its channels are
     split into groups, each with an LKCD of a different reach (as MAN's MLKA does).
+
+    Inference form (``fuse``): attention_in and value, two 1x1 convs on the same input, become one; the
+    groups' pointwise convs become one grouped 1x1 conv.
     """
 
     def __init__(self, channels: int, lkcd_kernels: Sequence[Tuple[int, int]]) -> None:
@@ -78,12 +166,38 @@ class MSMA(nn.Module):
         self.lkcd = nn.ModuleList(LKCD(self.group_channels, k, d) for k, d in lkcd_kernels)
         self.value = nn.Conv2d(channels, channels, 1)
         self.project_out = nn.Conv2d(channels, channels, 1)
+        self.attention_value: Optional[nn.Conv2d] = None  # inference form
+        self.pointwise: Optional[nn.Conv2d] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        attention = F.gelu(self.attention_in(x))
-        groups = torch.split(attention, self.group_channels, dim=1)
-        attention = torch.cat([lkcd(group) for lkcd, group in zip(self.lkcd, groups)], dim=1)
-        return self.project_out(attention * self.value(x))
+        if self.attention_value is not None:
+            attention, value = self.attention_value(x).chunk(2, dim=1)
+        else:
+            attention, value = self.attention_in(x), self.value(x)
+        attention = F.gelu(attention)
+        if self.pointwise is None:  # training form: each group's whole LKCD
+            attention = self._per_group(attention, lambda lkcd, group: lkcd(group))
+        else:  # inference form: the groups' pointwise convs as one grouped conv
+            attention = self.pointwise(self._per_group(attention, lambda lkcd, group: lkcd.dilated(lkcd.local(group))))
+        return self.project_out(attention * value)
+
+    def _per_group(self, x: torch.Tensor, apply: Callable[[LKCD, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``apply(lkcd, channel group)`` for each LKCD group, concatenated."""
+        if len(self.lkcd) == 1:
+            return apply(self.lkcd[0], x)
+        groups = torch.split(x, self.group_channels, dim=1)
+        return torch.cat([apply(lkcd, group) for lkcd, group in zip(self.lkcd, groups)], dim=1)
+
+    @torch.no_grad()
+    def fuse(self, affine: Optional[Affine]) -> None:
+        if affine is not None:
+            _fold_affine_into_conv(self.attention_in, affine)
+            _fold_affine_into_conv(self.value, affine)
+        self.attention_value = _merge_convs([self.attention_in, self.value])
+        self.pointwise = _merge_convs([lkcd.pointwise for lkcd in self.lkcd], groups=len(self.lkcd))
+        del self.attention_in, self.value
+        for lkcd in self.lkcd:
+            del lkcd.pointwise
 
 
 class MDTA(nn.Module):
@@ -91,6 +205,9 @@ class MDTA(nn.Module):
 
     Each head's attention is a (C/heads x C/heads) matrix of cosine similarities between channel
     maps over the whole image, scaled by a learnable per-head temperature.
+
+    Inference form (``fuse``): the output projection is folded into the attention matrices (one C x C
+    matrix per image), which saves a full-resolution pass.
     """
 
     def __init__(self, channels: int, num_heads: int) -> None:
@@ -100,21 +217,36 @@ class MDTA(nn.Module):
         self.qkv = nn.Conv2d(channels, channels * 3, 1)
         self.qkv_dwconv = nn.Conv2d(channels * 3, channels * 3, 3, padding=1, groups=channels * 3)
         self.project_out = nn.Conv2d(channels, channels, 1)
+        self.projection_folded = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
-        q, k, v = (rearrange(t, 'b (head c) h w -> b head c (h w)', head=self.num_heads) for t in (q, k, v))
+        batch, channels, height, width = x.shape
+        heads = self.num_heads
+        qkv = self.qkv_dwconv(self.qkv(x)).reshape(batch, 3, heads, channels // heads, height * width)
+        q, k, v = qkv.unbind(1)
         q = F.normalize(q, dim=-1)
         k = F.normalize(k, dim=-1)
-        attention = (q @ k.transpose(-2, -1)) * self.temperature
-        out = attention.softmax(dim=-1) @ v
-        out = rearrange(out, 'b head c (h w) -> b (head c) h w', h=height, w=width)
-        return self.project_out(out)
+        attention = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1)
+        if not self.projection_folded:
+            out = (attention @ v).reshape(batch, channels, height, width)
+            return self.project_out(out)
+        # project_out(attention @ v) == (W_out @ blockdiag(attention)) @ v + b_out
+        weight = self.project_out.weight[:, :, 0, 0].reshape(channels, heads, channels // heads)
+        mixed = torch.einsum('ohc,bhcd->bohd', weight, attention).reshape(batch, channels, channels)
+        out = torch.baddbmm(self.project_out.bias.view(1, -1, 1), mixed, v.reshape(batch, channels, -1))
+        return out.reshape(batch, channels, height, width)
+
+    @torch.no_grad()
+    def fuse(self, affine: Optional[Affine]) -> None:
+        if affine is not None:
+            _fold_affine_into_conv(self.qkv, affine)
+        self.projection_folded = True
 
 
 class GatedFeedForward(nn.Module):
     """Gated-Dconv feed-forward network (Restormer's GDFN): GELU(x1) * x2 after a depthwise 3x3."""
+
+    takes_affine = True  # its first layer is a 1x1 conv, so a preceding norm's affine folds into it
 
     def __init__(self, channels: int, expansion: float) -> None:
         super().__init__()
@@ -127,24 +259,63 @@ class GatedFeedForward(nn.Module):
         x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
         return self.project_out(F.gelu(x1) * x2)
 
+    @torch.no_grad()
+    def fuse(self, affine: Optional[Affine]) -> None:
+        if affine is not None:
+            _fold_affine_into_conv(self.project_in, affine)
+
+
+class ConvChannelMixer(nn.Module):
+    """Dense-conv feed-forward (SAFMN's convolutional channel mixer): 3x3 conv to hidden, GELU, 1x1 back.
+
+    Dense convs run near the CPU's arithmetic peak, where depthwise convs on wide tensors are memory-bound.
+    """
+
+    takes_affine = False  # its first layer is a zero-padded 3x3 conv: a preceding shift would not fold exactly
+
+    def __init__(self, channels: int, expansion: float) -> None:
+        super().__init__()
+        hidden = int(channels * expansion)
+        self.spatial = nn.Conv2d(channels, hidden, 3, padding=1)
+        self.project_out = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project_out(F.gelu(self.spatial(x)))
+
 
 class LKSMBlock(nn.Module):
-    """One block: spatial attention (MSMA), channel attention (MDTA), feed-forward; pre-norm residuals."""
+    """One block: spatial attention (MSMA), channel attention (MDTA), feed-forward; pre-norm residuals.
+
+    MDTA and the feed-forward are optional (ablations); the modules that are absent have no weights.
+    """
 
     def __init__(self, channels: int, lkcd_kernels: Sequence[Tuple[int, int]], num_heads: int,
-                 ffn_expansion: float) -> None:
+                 ffn_expansion: float, *, norm: str = 'layernorm', ffn: str = 'gated_dconv',
+                 mdta: bool = True) -> None:
         super().__init__()
-        self.norm_spatial = LayerNorm2d(channels)
+        self.norm_spatial = _make_norm(norm, channels)
         self.msma = MSMA(channels, lkcd_kernels)
-        self.norm_channel = LayerNorm2d(channels)
-        self.mdta = MDTA(channels, num_heads)
-        self.norm_ffn = LayerNorm2d(channels)
-        self.ffn = GatedFeedForward(channels, ffn_expansion)
+        self.norm_channel = _make_norm(norm, channels) if mdta else None
+        self.mdta = MDTA(channels, num_heads) if mdta else None
+        self.norm_ffn = _make_norm(norm, channels) if ffn != 'none' else None
+        self.ffn = {'gated_dconv': GatedFeedForward, 'conv_mixer': ConvChannelMixer}[ffn](
+            channels, ffn_expansion) if ffn != 'none' else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.msma(self.norm_spatial(x))
-        x = x + self.mdta(self.norm_channel(x))
-        return x + self.ffn(self.norm_ffn(x))
+        if self.mdta is not None:
+            x = x + self.mdta(self.norm_channel(x))
+        if self.ffn is not None:
+            x = x + self.ffn(self.norm_ffn(x))
+        return x
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        self.msma.fuse(_take_norm_affine(self, 'norm_spatial'))
+        if self.mdta is not None:
+            self.mdta.fuse(_take_norm_affine(self, 'norm_channel'))
+        if self.ffn is not None and self.ffn.takes_affine:
+            self.ffn.fuse(_take_norm_affine(self, 'norm_ffn'))
 
 
 class MLFA(nn.Module):
@@ -170,9 +341,11 @@ class PixelShuffleUpsampler(nn.Sequential):
         super().__init__(nn.Conv2d(channels, out_channels * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
 
 
+# --- the network -------------------------------------------------------------------------------------------
+
 def _check_choice(name: str, value: object, accepted: Sequence[object]) -> None:
-    if type(value) is not int or value not in accepted:
-        raise ValueError(f'LKSMN: {name} must be one of {list(accepted)} (an int), got {value!r}')
+    if type(value) is not type(accepted[0]) or value not in accepted:
+        raise ValueError(f'LKSMN: {name} must be one of {list(accepted)}, got {value!r}')
 
 
 def _check_positive_int(name: str, value: object) -> None:
@@ -201,16 +374,25 @@ class LKSMN(nn.Module):
         num_out_ch: output channels.
         num_feat: feature channels C; divisible by len(lkcd_kernels) and by num_heads.
         num_block: number of blocks N.
-        lkcd_kernels: (kernel size K, dilation d) of each MSMA group's LKCD.
+        lkcd_kernels: (kernel size K, dilation d) of each MSMA group's LKCD; one pair is single-scale.
         num_heads: MDTA heads.
-        ffn_expansion: hidden width of the gated feed-forward, as a multiple of num_feat.
+        ffn_expansion: hidden width of the feed-forward, as a multiple of num_feat.
+        norm: 'layernorm' (channel LayerNorm), 'batchnorm' (folds away entirely at inference) or 'none'.
+        ffn: 'gated_dconv' (Restormer's GDFN), 'conv_mixer' (SAFMN's 3x3-conv channel mixer) or 'none'.
+        mdta: with MDTA channel attention in each block (False only for ablation).
+        mlfa: with MLFA (False only for ablation: the last block's output plus the long skip).
     """
 
     def __init__(self, *, upscale: int = 4, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 48,
                  num_block: int = 5, lkcd_kernels: Sequence[Sequence[int]] = ((9, 2), (21, 3), (33, 4)),
-                 num_heads: int = 4, ffn_expansion: float = 2.0) -> None:
+                 num_heads: int = 4, ffn_expansion: float = 2.0, norm: str = 'layernorm',
+                 ffn: str = 'gated_dconv', mdta: bool = True, mlfa: bool = True) -> None:
         super().__init__()
         _check_choice('upscale', upscale, SUPPORTED_SCALES)
+        _check_choice('norm', norm, NORMS)
+        _check_choice('ffn', ffn, FFNS)
+        _check_choice('mdta', mdta, (True, False))
+        _check_choice('mlfa', mlfa, (True, False))
         for name, value in (('num_in_ch', num_in_ch), ('num_out_ch', num_out_ch), ('num_feat', num_feat),
                             ('num_block', num_block), ('num_heads', num_heads)):
             _check_positive_int(name, value)
@@ -219,18 +401,20 @@ class LKSMN(nn.Module):
                               or pair[1] < 1 for pair in kernels):
             raise ValueError(f'LKSMN: lkcd_kernels must be a non-empty list of [kernel_size, dilation] pairs of '
                              f'positive ints, got {lkcd_kernels!r}')
-        if num_feat % len(kernels) or num_feat % num_heads:
+        if num_feat % len(kernels) or (mdta and num_feat % num_heads):
             raise ValueError(f'LKSMN: num_feat ({num_feat}) must be divisible by the number of lkcd_kernels '
-                             f'({len(kernels)}) and by num_heads ({num_heads})')
-        if not ffn_expansion > 0:
-            raise ValueError(f'LKSMN: ffn_expansion must be positive, got {ffn_expansion!r}')
+                             f'({len(kernels)}) and, with MDTA, by num_heads ({num_heads})')
+        if not (isinstance(ffn_expansion, (int, float)) and ffn_expansion > 0):
+            raise ValueError(f'LKSMN: ffn_expansion must be a positive number, got {ffn_expansion!r}')
         self.upscale = upscale
         self.num_in_ch = num_in_ch
+        self.fused = False
 
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, padding=1)
         self.blocks = nn.ModuleList(
-            LKSMBlock(num_feat, kernels, num_heads, ffn_expansion) for _ in range(num_block))
-        self.mlfa = MLFA(num_feat, num_block + 1)
+            LKSMBlock(num_feat, kernels, num_heads, ffn_expansion, norm=norm, ffn=ffn, mdta=mdta)
+            for _ in range(num_block))
+        self.mlfa = MLFA(num_feat, num_block + 1) if mlfa else None
         self.upsampler = PixelShuffleUpsampler(num_feat, num_out_ch, upscale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -238,7 +422,31 @@ class LKSMN(nn.Module):
             raise ValueError(f'LKSMN: input x must be a 4D (batch, {self.num_in_ch}, height, width) tensor, '
                              f'got shape {tuple(x.shape)}')
         shallow = self.conv_first(x)
-        levels = [shallow]
+        levels: List[torch.Tensor] = [shallow]
         for block in self.blocks:
             levels.append(block(levels[-1]))
-        return self.upsampler(self.mlfa(levels) + shallow)
+        deep = self.mlfa(levels) if self.mlfa is not None else levels[-1]
+        return self.upsampler(deep + shallow)
+
+    @torch.no_grad()
+    def fuse_for_inference(self) -> 'LKSMN':
+        """Turn this network, in place, into its exact inference form, and return it (in eval mode).
+
+        Folds each normalisation's affine (and a BatchNorm entirely) into the convs that read it, merges
+        MSMA's two input 1x1 convs and its groups' pointwise convs, and folds MDTA's output projection into
+        its attention. Outputs match the training form to float rounding. Load weights *before* fusing: the
+        fused network's state dict no longer matches checkpoints, and it is not meant to be trained.
+        """
+        if self.fused:
+            return self.eval()
+        self.eval()
+        for block in self.blocks:
+            block.fuse()
+        self.fused = True
+        return self
+
+    def train(self, mode: bool = True) -> 'LKSMN':
+        if mode and self.fused:
+            raise RuntimeError('LKSMN: this network was fused for inference (fuse_for_inference) and cannot be '
+                               'trained; build a new LKSMN and load the training checkpoint')
+        return super().train(mode)

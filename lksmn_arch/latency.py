@@ -1,0 +1,154 @@
+"""Inference paths of a super-resolution network, and latency timed the honest way.
+
+A *path* is how a network runs: eager PyTorch in NCHW or channels_last, ``torch.compile`` (with
+freezing), ONNX Runtime, each in fp32 or bf16. ``make_forward`` builds one; an LKSMN is put in its
+inference form (``fuse_for_inference``) first, as ``lksmn-upscale`` runs it. ``time_interleaved`` times
+several forwards in round-robin rounds in one process, under the default allocator and no other
+instrumentation, so that a slow phase of the machine hits every candidate alike.
+
+    best = fastest_latency({'LKSMN': lksmn, 'SAFMN': safmn}, input_shape=(1, 3, 180, 320))
+    # {'LKSMN': ('compile', 0.41), 'SAFMN': ('compile', 0.30)}   (path, median seconds)
+"""
+import copy
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+# fp32 paths first; a 'bf16 ' prefix runs the same path in bfloat16 (PyTorch paths only).
+FP32_PATHS = ('eager', 'channels_last', 'compile', 'compile_channels_last', 'onnxruntime')
+BF16_PATHS = ('bf16 channels_last', 'bf16 compile_channels_last')
+ALL_PATHS = FP32_PATHS + BF16_PATHS
+
+
+def inference_form(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` as it should run for inference: eval mode, and fused when it can be."""
+    model = copy.deepcopy(model).eval()
+    fuse = getattr(model, 'fuse_for_inference', None)
+    return fuse() if callable(fuse) else model
+
+
+def _precision(path: str) -> Tuple[torch.dtype, str]:
+    if path.startswith('bf16 '):
+        return torch.bfloat16, path[len('bf16 '):]
+    return torch.float32, path
+
+
+def make_forward(model: nn.Module, path: str, *, device: torch.device = torch.device('cpu'),
+                 threads: Optional[int] = None, workdir: Optional[Path] = None,
+                 fuse: bool = True) -> Forward:
+    """A callable running ``model`` on ``path``; it takes an fp32 NCHW tensor on ``device``.
+
+    The input's conversion (layout, dtype) happens inside the callable, so it is timed as a user pays it.
+    ``torch.compile`` paths compile on the first call (with inductor's freezing, which folds weights into
+    the graph; valid for inference only). The ONNX path exports to ``workdir`` and runs on ONNX Runtime's
+    CPU provider (CUDA provider on a CUDA device). Raises ValueError for an unknown path.
+    """
+    dtype, base = _precision(path)
+    if path not in ALL_PATHS:
+        raise ValueError(f'unknown path {path!r}; choose from {list(ALL_PATHS)}')
+    net = inference_form(model) if fuse else copy.deepcopy(model).eval()
+    if base == 'onnxruntime':
+        from lksmn_arch.export import OnnxModel, export_onnx
+        folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix='lksmn_latency_'))
+        onnx_path = export_onnx(net.cpu(), folder / f'{type(model).__name__}_{id(net)}.onnx')
+        session = OnnxModel(onnx_path, device=device.type, threads=threads if device.type == 'cpu' else None)
+        return lambda x: session(x)
+    channels_last = base.endswith('channels_last')
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(device=device, dtype=dtype, memory_format=memory_format)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return net(x.to(dtype=dtype, memory_format=memory_format))
+
+    if not base.startswith('compile'):
+        return run
+    compiled = torch.compile(run)
+    frozen_once = []
+
+    def run_compiled(x: torch.Tensor) -> torch.Tensor:
+        if not frozen_once:  # freezing is read when the graph is compiled, at the first call
+            import torch._inductor.config as inductor_config
+            with inductor_config.patch(freezing=True), warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                out = compiled(x)
+            frozen_once.append(True)
+            return out
+        return compiled(x)
+    return run_compiled
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(forwards: Dict[str, Forward], x: torch.Tensor, *, rounds: int = 10, warmup: int = 3,
+                     on_progress: Optional[Callable[[str], None]] = None
+                     ) -> Tuple[Dict[str, List[float]], Dict[str, float]]:
+    """Seconds per call of each forward, timed in ``rounds`` round-robin rounds after ``warmup`` rounds.
+
+    Returns (times per name, seconds of each forward's first call: compilation, allocator warm-up). A
+    forward that raises is dropped from later rounds and reported in its times as an empty list.
+    """
+    times: Dict[str, List[float]] = {name: [] for name in forwards}
+    first: Dict[str, float] = {}
+    alive = dict(forwards)
+    with torch.no_grad():
+        for name, forward in list(alive.items()):
+            start = time.perf_counter()
+            try:
+                forward(x)
+                _sync(x.device)
+            except Exception as error:  # one path failing (no compiler, export) must not stop the others
+                alive.pop(name)
+                first[name] = float('nan')
+                if on_progress:
+                    on_progress(f'{name}: failed: {type(error).__name__}: {_first_line(error)}')
+                continue
+            first[name] = time.perf_counter() - start
+            if on_progress:
+                on_progress(f'{name}: first call {first[name]:.2f} s')
+        for round_index in range(warmup + rounds):
+            for name, forward in alive.items():
+                start = time.perf_counter()
+                forward(x)
+                _sync(x.device)
+                if round_index >= warmup:
+                    times[name].append(time.perf_counter() - start)
+    return times, first
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:160] if text else 'no details'
+
+
+def median(values: Sequence[float]) -> Optional[float]:
+    return statistics.median(values) if values else None
+
+
+def fastest_latency(models: Dict[str, nn.Module], input_shape: Sequence[int] = (1, 3, 180, 320), *,
+                    threads: Optional[int] = None, paths: Iterable[str] = ('channels_last', 'compile',
+                                                                          'compile_channels_last', 'eager'),
+                    rounds: int = 5, warmup: int = 2) -> Dict[str, Tuple[str, float]]:
+    """{name: (fastest path, its median seconds)} of fp32 CPU ``models``, all paths interleaved in one process."""
+    if threads:
+        torch.set_num_threads(threads)
+    x = torch.rand(*input_shape)
+    forwards = {f'{name}|{path}': make_forward(model, path) for name, model in models.items() for path in paths}
+    times, _ = time_interleaved(forwards, x, rounds=rounds, warmup=warmup)
+    best: Dict[str, Tuple[str, float]] = {}
+    for key, values in times.items():
+        name, path = key.split('|', 1)
+        value = median(values)
+        if value is not None and (name not in best or value < best[name][1]):
+            best[name] = (path, value)
+    return best

@@ -1,0 +1,66 @@
+"""LKSMN's inference form (fuse_for_inference): the same function as the training form, for every variant."""
+import copy
+
+import pytest
+import torch
+
+import lksmn_arch  # noqa: F401
+from lksmn_arch.archs.lksmn_arch import LKSMN, LayerNorm2d
+
+VARIANTS = {
+    'default': {},
+    'batchnorm': {'norm': 'batchnorm'},
+    'no_norm': {'norm': 'none'},
+    'conv_mixer': {'ffn': 'conv_mixer', 'ffn_expansion': 1.0},
+    'conv_mixer_batchnorm': {'ffn': 'conv_mixer', 'norm': 'batchnorm'},
+    'no_ffn_no_mdta_no_mlfa': {'ffn': 'none', 'mdta': False, 'mlfa': False},
+    'single_lkcd': {'lkcd_kernels': ((21, 3),)},
+}
+
+
+def _randomise_norms(model: torch.nn.Module) -> None:
+    """Non-trivial norm affines and BatchNorm statistics, so that folding them is really tested."""
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (LayerNorm2d, torch.nn.BatchNorm2d)):
+                module.weight.copy_(torch.rand(module.weight.shape, generator=generator) + 0.5)
+                module.bias.copy_(torch.rand(module.bias.shape, generator=generator) - 0.5)
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.copy_(torch.rand(module.running_mean.shape, generator=generator) - 0.5)
+                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+
+
+@pytest.mark.parametrize('scale', [2, 3, 4])
+@pytest.mark.parametrize('variant', list(VARIANTS))
+def test_fused_network_matches_the_training_form_on_odd_sizes(variant, scale):
+    torch.manual_seed(scale)
+    model = LKSMN(upscale=scale, num_feat=24, num_block=2, **VARIANTS[variant]).eval()
+    _randomise_norms(model)
+    fused = copy.deepcopy(model).fuse_for_inference()
+    for shape in [(1, 3, 7, 13), (2, 3, 17, 9)]:
+        x = torch.rand(shape)
+        with torch.no_grad():
+            expected, got = model(x), fused(x)
+            got_channels_last = copy.deepcopy(fused).to(memory_format=torch.channels_last)(
+                x.contiguous(memory_format=torch.channels_last))
+        assert got.shape == expected.shape == (shape[0], 3, shape[2] * scale, shape[3] * scale)
+        assert float((got - expected).abs().max()) < 1e-5
+        assert float((got_channels_last - expected).abs().max()) < 1e-5
+
+
+def test_fusing_removes_the_norm_affines_and_merges_parallel_convs():
+    model = LKSMN(num_feat=24, num_block=1).fuse_for_inference()
+    block = model.blocks[0]
+    assert block.norm_spatial.weight is None and block.norm_channel.weight is None
+    assert not hasattr(block.msma, 'attention_in') and block.msma.attention_value.out_channels == 48
+    assert block.msma.pointwise.groups == 3 and block.mdta.projection_folded
+    assert isinstance(LKSMN(norm='batchnorm', num_feat=24, num_block=1).fuse_for_inference().blocks[0].norm_spatial,
+                      torch.nn.Identity)
+
+
+def test_fused_network_refuses_training_and_fusing_twice_is_harmless():
+    model = LKSMN(num_feat=24, num_block=1).fuse_for_inference()
+    assert model.fuse_for_inference() is model and not model.training
+    with pytest.raises(RuntimeError, match='fused for inference'):
+        model.train()
