@@ -44,7 +44,7 @@ setup(
     extras_require={
         'test': ['pytest'],
         'onnx': ['onnx', 'onnxruntime', 'onnxscript'],
-        'bench': ['spandrel'],
+        'bench': ['spandrel', 'matplotlib'],
     },
     entry_points={
         'console_scripts': [
