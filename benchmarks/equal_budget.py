@@ -525,12 +525,15 @@ def portable(value: Any, out: Path) -> Any:
     return value
 
 
-def _first_difference(old: Any, new: Any, where: str = '') -> str:
+def differences(old: Any, new: Any, where: str = '') -> List[str]:
+    """Every setting that differs, as 'key was OLD, now NEW' (nested keys dotted)."""
     if isinstance(old, dict) and isinstance(new, dict):
+        found = []
         for key in list(old) + [k for k in new if k not in old]:
             if old.get(key) != new.get(key):
-                return _first_difference(old.get(key), new.get(key), f'{where}.{key}' if where else str(key))
-    return f'{where or "options"} was {json.dumps(old)}, now {json.dumps(new)}'
+                found += differences(old.get(key), new.get(key), f'{where}.{key}' if where else str(key))
+        return found
+    return [f'{where or "options"} was {json.dumps(old)}, now {json.dumps(new)}']
 
 
 @dataclass
@@ -584,8 +587,9 @@ def plan_runs(networks: Sequence[Network], seeds: Sequence[int], scale: int, ite
             key = portable({k: v for k, v in options['train'].items() if k != 'num_gpu'}, out)
             run = Run(network, seed, name, root, options, key)
             if run.state() == 'conflict':
-                raise HarnessError(f'{root} was trained with other settings ({_first_difference(run.recorded_key(), key)}); '
-                                   f'use another --out, or delete that folder to retrain it')
+                changed = '; '.join(differences(run.recorded_key(), key)[:3])
+                raise HarnessError(f'{root} was trained with other settings ({changed}); use another --out, or '
+                                   f'delete that folder to retrain it')
             runs.append(run)
     return runs
 
