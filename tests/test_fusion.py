@@ -15,6 +15,7 @@ VARIANTS = {
     'conv_mixer_batchnorm': {'ffn': 'conv_mixer', 'norm': 'batchnorm'},
     'no_ffn_no_mdta_no_mlfa': {'ffn': 'none', 'mdta': False, 'mlfa': False},
     'single_lkcd': {'lkcd_kernels': ((21, 3),)},
+    'shared_dilation': {'lkcd_kernels': ((9, 3), (15, 3), (21, 3)), 'norm': 'batchnorm'},
 }
 
 
