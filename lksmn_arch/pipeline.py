@@ -18,7 +18,7 @@ import lksmn_arch  # noqa: F401  (compat fixes, LKSMN and LKSMNModel registered)
 from lksmn_arch import resume
 from lksmn_arch.checkpoint import CheckpointError
 from lksmn_arch.atomic import check_writable
-from lksmn_arch.models.lksmn_model import shield_dataloader_workers
+from lksmn_arch.models.lksmn_model import TrainingInterrupted, exit_after_stop, shield_dataloader_workers
 from lksmn_arch.dataset_checks import DatasetError, check_dataset_options, name_files_in_sample_errors
 
 
@@ -179,7 +179,10 @@ def run_testing(argv: Optional[Sequence[str]] = None, root_path: Optional[str] =
 
 
 def cli(runner, prog: str, argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``runner``; an ``OptionsError`` becomes a one-line message and exit status 2."""
+    """Run ``runner``; an ``OptionsError`` becomes a one-line message and exit status 2, a training fault
+    status 1. A run stopped by SIGTERM/SIGINT after saving ends the process here with 128 + signal
+    (``exit_after_stop``), once the training loop has unwound."""
+    stopped: Optional[int] = None
     try:
         runner(argv, prog=prog)
     except OptionsError as error:
@@ -188,4 +191,8 @@ def cli(runner, prog: str, argv: Optional[Sequence[str]] = None) -> int:
     except (resume.TrainingError, CheckpointError) as error:  # unsafe/corrupt checkpoint, failed save, NaNs
         print(f'{prog}: error: {error}', file=sys.stderr)
         return 1
+    except TrainingInterrupted as stop:
+        stopped = stop.code
+    if stopped is not None:  # outside the except clause: the loop's frames (and DataLoader iterators) are freed
+        exit_after_stop(stopped)
     return 0

@@ -88,3 +88,11 @@ def tiny_pairs(tmp_path_factory) -> Dict[str, Path]:
     train = write_pairs(root / 'train', crops[:6], scale=2)
     val = write_pairs(root / 'val', crops[6:], scale=2)
     return {'train_gt': train['gt'], 'train_lq': train['lq'], 'val_gt': val['gt'], 'val_lq': val['lq'], 'root': root}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for torchrun's --master_port)."""
+    import socket
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]

@@ -1,15 +1,18 @@
 """Training that survives faults: kills at any point, preemption signals, corrupt or hostile checkpoints,
 non-finite losses and failing writes. Each run is ``lksmn-train`` in a subprocess on tiny data.
 
-Faults the plugin cannot cause by itself (a slow or failing disk, a NaN loss) are injected by a driver
-script written by this file, which patches ``torch.save`` / registers a loss before calling
+Faults the plugin cannot cause by itself (a save stalled half-way, a failing disk, a NaN loss) are injected by
+a driver script written by this file, which patches ``torch.save`` / registers a loss before calling
 ``lksmn_arch.train.main``; the plugin has no test hooks.
+
+Nothing here depends on timing, so that the tests pass on a loaded machine: a test waits for what it can
+observe (a log line, a file, a temporary file of a save that the driver holds half-written until the test
+has acted) with generous time limits, never for a fixed delay or a short window.
 """
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import paired_dataset_options, training_options, write_yaml
+from conftest import free_port, paired_dataset_options, training_options, write_yaml
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1')
 NAME = 'faults'
@@ -33,6 +36,7 @@ DRIVER = '''"""lksmn-train with test-only faults chosen by environment variables
 import errno
 import io
 import os
+import re
 import sys
 import time
 
@@ -41,10 +45,26 @@ import torch
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch.nn import functional as F
 
-SLOW = float(os.environ.get('FAULT_SLOW_SAVE', '0'))          # seconds to stall half-way through each save
 FAIL_FROM = int(os.environ.get('FAULT_FAIL_SAVE_FROM', '0'))  # this and later torch.save calls hit a full disk
+# While the file HOLD exists (in the working directory), a save whose temporary file name matches the regular
+# expression on its first line writes half its bytes and waits (up to 10 minutes) for the file to go away, so
+# that a test can kill the process in the middle of that save. A second line "while-stopping" holds only the
+# saves of a stop on SIGTERM/SIGINT.
+HOLD = 'hold_saves'
 real_save = torch.save
 calls = 0
+stopping = False
+
+
+def held(f):
+    try:
+        with open(HOLD) as control:
+            pattern, _, condition = control.read().partition('\\n')
+    except FileNotFoundError:
+        return False
+    if condition.strip() == 'while-stopping' and not stopping:
+        return False
+    return re.search(pattern, os.path.basename(str(getattr(f, 'name', '')))) is not None
 
 
 def faulty_save(obj, f, *args, **kwargs):
@@ -53,14 +73,16 @@ def faulty_save(obj, f, *args, **kwargs):
     if FAIL_FROM and calls >= FAIL_FROM:
         f.write(b'partial')
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    if not SLOW or isinstance(f, (str, os.PathLike)):
+    if isinstance(f, (str, os.PathLike)) or not held(f):
         return real_save(obj, f, *args, **kwargs)
     buffer = io.BytesIO()
     real_save(obj, buffer, *args, **kwargs)
     data = buffer.getvalue()
     f.write(data[:len(data) // 2])
     f.flush()
-    time.sleep(SLOW)
+    deadline = time.monotonic() + 600
+    while os.path.exists(HOLD) and time.monotonic() < deadline:
+        time.sleep(0.01)
     f.write(data[len(data) // 2:])
 
 
@@ -84,7 +106,19 @@ class InjectedL1Loss(torch.nn.Module):
         return loss
 
 
+from lksmn_arch.models.lksmn_model import LKSMNModel  # noqa: E402
 from lksmn_arch.train import main  # noqa: E402
+
+save_and_stop = LKSMNModel._save_and_stop
+
+
+def marked_save_and_stop(self, *args, **kwargs):
+    global stopping
+    stopping = True
+    return save_and_stop(self, *args, **kwargs)
+
+
+LKSMNModel._save_and_stop = marked_save_and_stop
 
 sys.exit(main())
 '''
@@ -121,9 +155,32 @@ def _command(driver: Path, *args: str) -> List[str]:
 
 
 def _run(driver: Path, workdir: Path, *args: str, env: Optional[Dict[str, str]] = None,
-         timeout: int = 180) -> subprocess.CompletedProcess:
+         timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(_command(driver, *args), cwd=workdir, env={**ENV, **(env or {})}, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def _hold_saves(workdir: Path, pattern: str, while_stopping: bool = False) -> None:
+    """Make the driver stall, half-written, every save whose temporary file name matches ``pattern`` (only the
+    saves of a stop on a signal if ``while_stopping``), until ``_release_saves``."""
+    (workdir / 'hold_saves').write_text(pattern + ('\nwhile-stopping' if while_stopping else ''))
+
+
+def _release_saves(workdir: Path) -> None:
+    (workdir / 'hold_saves').unlink(missing_ok=True)
+
+
+_started: List[subprocess.Popen] = []  # every process a test starts; none outlives the test
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind():
+    yield
+    while _started:
+        process = _started.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(60)
 
 
 class Run:
@@ -135,11 +192,12 @@ class Run:
         self.process = subprocess.Popen(_command(driver, *args), cwd=workdir, env={**ENV, **(env or {})},
                                         stdout=self._output, stderr=subprocess.STDOUT, text=True,
                                         start_new_session=True)  # its own process group, as under a scheduler
+        _started.append(self.process)
 
     def output(self) -> str:
         return self.output_path.read_text()
 
-    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 90) -> None:
+    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
             if self.process.poll() is not None:
@@ -147,11 +205,14 @@ class Run:
             if time.monotonic() > deadline:
                 self.process.kill()
                 pytest.fail(f'timed out waiting for {what}:\n{self.output()[-3000:]}')
-            time.sleep(0.005)
+            time.sleep(0.02)
 
-    def finish(self, timeout: float = 120) -> int:
+    def finish(self, timeout: float = 300) -> int:
         try:
             return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            pytest.fail(f'training still running after {timeout} s:\n{self.output()[-3000:]}')
         finally:
             self._output.close()
 
@@ -226,34 +287,32 @@ def _copy_run(source: Path, target: Path) -> Path:
 def test_training_killed_at_any_point_resumes_from_its_last_checkpoint_to_total_iter(tiny_pairs, driver, tmp_path):
     """SIGKILL during network and state saves, between checkpoints, and a double SIGTERM during the
     preemption save: after each, --auto_resume continues from the newest complete checkpoint, no file
-    under a checkpoint name is ever truncated, and the last run reaches total_iter."""
-    total = 24
-    write_yaml(tmp_path / 'train.yml', _options(tiny_pairs, total_iter=total, save_every=4))
-    slow = {'FAULT_SLOW_SAVE': '0.3'}
+    under a checkpoint name is ever truncated, and the last run reaches total_iter. The saves to interrupt
+    are held half-written by the driver until the test has acted, so no kill depends on timing."""
+    every = 4  # the interrupted runs never finish by themselves: the last run is given total_iter
+    write_yaml(tmp_path / 'train.yml', _options(tiny_pairs, total_iter=100000, save_every=every))
     models, states = _experiment(tmp_path) / 'models', _experiment(tmp_path) / 'training_states'
 
     def newer_state_than(iteration: int) -> Callable[[], bool]:
         return lambda: any(i > iteration for i in _complete_checkpoints(tmp_path))
 
-    def kill_writing_first_weights(run: Run) -> None:
+    def kill_writing_first_weights(run: Run) -> None:  # the run's first save, net_g_4.pth, is held
         run.wait_for(lambda: bool(_temporaries(models, 'net_g_', run)), 'the first network weights save')
         run.process.kill()
 
-    def kill_writing_a_state(run: Run) -> None:
-        run.wait_for(lambda: bool(_complete_checkpoints(tmp_path)), 'a first checkpoint')
-        first = max(_complete_checkpoints(tmp_path))
-        run.wait_for(lambda: any(p.name.startswith(f'.{i}.state') for p in _temporaries(states, run=run)
-                                 for i in range(first + 1, total + 1)), 'a later training state save')
+    def kill_writing_a_state(run: Run) -> None:  # the state of the run's second checkpoint is held
+        first = started_from + every
+        run.wait_for(lambda: first in _complete_checkpoints(tmp_path), f'the checkpoint of iteration {first}')
+        run.wait_for(lambda: bool(_temporaries(states, f'.{first + every}.state', run)),
+                     f'the training state save of iteration {first + every}')
         run.process.kill()
 
     def kill_between_checkpoints(run: Run) -> None:
-        newest = max(_complete_checkpoints(tmp_path), default=0)
-        run.wait_for(newer_state_than(newest), 'a new checkpoint')
+        run.wait_for(newer_state_than(started_from), 'a new checkpoint')
         run.process.kill()
 
-    def sigterm_twice_during_preemption_save(run: Run) -> None:
-        newest = max(_complete_checkpoints(tmp_path), default=0)
-        run.wait_for(newer_state_than(newest), 'a new checkpoint')
+    def sigterm_twice_during_preemption_save(run: Run) -> None:  # the stop's saves are held
+        run.wait_for(newer_state_than(started_from), 'a new checkpoint')
         run.wait_for(lambda: not _temporaries(models, run=run) and not _temporaries(states, run=run),
                      'the end of that save')
         checkpoints_before_signals[:] = _complete_checkpoints(tmp_path)
@@ -261,31 +320,38 @@ def test_training_killed_at_any_point_resumes_from_its_last_checkpoint_to_total_
         run.wait_for(lambda: bool(_temporaries(models, run=run)), 'the preemption save')
         run.process.send_signal(signal.SIGTERM)
 
-    def kill_writing_weights(run: Run) -> None:
-        newest = max(_complete_checkpoints(tmp_path), default=0)
-        run.wait_for(lambda: any(p.name.startswith(f'.net_g_{i}.pth') for p in _temporaries(models, run=run)
-                                 for i in range(newest + 1, total + 1)), 'a network weights save')
+    def kill_writing_weights(run: Run) -> None:  # the run's first save of network weights is held
+        run.wait_for(lambda: bool(_temporaries(models, f'.net_g_{started_from + every}.pth', run)),
+                     'a network weights save')
         run.process.kill()
 
+    holds = {kill_writing_first_weights: lambda: _hold_saves(tmp_path, r'^\.net_g_\d+\.pth\.tmp-'),
+             kill_writing_a_state: lambda: _hold_saves(tmp_path, rf'^\.{started_from + 2 * every}\.state\.tmp-'),
+             sigterm_twice_during_preemption_save: lambda: _hold_saves(tmp_path, '', while_stopping=True),
+             kill_writing_weights: lambda: _hold_saves(tmp_path, r'^\.net_g_\d+\.pth\.tmp-')}
     checkpoints_before_signals: List[int] = []
     interruptions = [kill_writing_first_weights, kill_writing_a_state, kill_between_checkpoints,
                      sigterm_twice_during_preemption_save, kill_writing_weights]
     survived = 0
     for number, interrupt in enumerate(interruptions + [None]):
         expected = max(_complete_checkpoints(tmp_path), default=None)
-        run = Run(driver, tmp_path, *(['--auto_resume'] if number else []), env=slow)
+        started_from = expected or 0
+        holds.get(interrupt, lambda: _release_saves(tmp_path))()
         if interrupt is None:
+            total = started_from + 2 * every
+            run = Run(driver, tmp_path, '--auto_resume', '--force_yml', f'train:total_iter={total}')
             assert run.finish() == 0, run.output()[-3000:]
         else:
+            run = Run(driver, tmp_path, *(['--auto_resume'] if number else []))
             interrupt(run)
-            started = time.monotonic()
-            status = run.finish()
+            status = run.finish()  # a run that waited for its held save would not end before the time limit
+            _release_saves(tmp_path)
             if interrupt is sigterm_twice_during_preemption_save:
                 assert status == 128 + signal.SIGTERM, run.output()[-3000:]
+                assert 'SIGTERM received: saving models and training state at iteration' in run.output()
                 assert 'Received SIGTERM again: exiting now without saving' in run.output()
                 assert 'Training stopped by SIGTERM' not in run.output(), 'the second signal must not wait for the save'
                 assert _complete_checkpoints(tmp_path) == checkpoints_before_signals
-                assert time.monotonic() - started < 5
             else:
                 assert status == -signal.SIGKILL, run.output()[-3000:]
         if number:
@@ -513,12 +579,6 @@ def test_full_disk_at_a_save_stops_with_an_error_and_keeps_the_previous_checkpoi
 
 # --- distributed ----------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        return probe.getsockname()[1]
-
-
 def _worker_pids(launcher_pid: int) -> Dict[int, int]:
     """rank -> pid of the processes torchrun started."""
     ranks = {}
@@ -531,31 +591,55 @@ def _worker_pids(launcher_pid: int) -> Dict[int, int]:
     return ranks
 
 
+def _torchrun(workdir: Path, output, *args: str) -> subprocess.Popen:
+    """``torchrun --nproc_per_node=2 -m lksmn_arch.train -opt train.yml --launcher pytorch args``."""
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}', '-m',
+         'lksmn_arch.train', '-opt', 'train.yml', '--launcher', 'pytorch', *args],
+        cwd=workdir, env=ENV, stdout=output, stderr=subprocess.STDOUT, text=True)
+    _started.append(process)
+    return process
+
+
 def test_sigterm_to_one_rank_stops_all_ranks_at_the_same_iteration_with_rank_zero_saving(tiny_pairs, tmp_path):
+    """Rank 1 alone gets SIGTERM; every rank stops at the same iteration k and exits with 143, also the rank
+    that torchrun signals when the first one has exited (never -15), rank 0 saved k, and --auto_resume under
+    torchrun continues with k + 1."""
     opt = _options(tiny_pairs, total_iter=100000, save_every=100000)
     opt['dist_params'] = {'backend': 'gloo'}
+    # 3 pairs per rank in batches of 1: the iterations per epoch that BasicSR computes (it ignores drop_last)
+    opt['datasets']['train']['batch_size_per_gpu'] = 1
     write_yaml(tmp_path / 'train.yml', opt)
     output_path = tmp_path / 'torchrun.out'
     with open(output_path, 'w') as output:
-        launcher = subprocess.Popen(
-            [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={_free_port()}', '-m',
-             'lksmn_arch.train', '-opt', 'train.yml', '--launcher', 'pytorch'],
-            cwd=tmp_path, env=ENV, stdout=output, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 90
-            while not any(int(i) >= 3 for i in LOGGED_ITER.findall(output_path.read_text())):
-                assert launcher.poll() is None and time.monotonic() < deadline, output_path.read_text()[-3000:]
-                time.sleep(0.02)
-            os.kill(_worker_pids(launcher.pid)[1], signal.SIGTERM)  # rank 1 only: rank 0 learns it from rank 1
-            launcher.wait(60)  # a rank left waiting for the other would hang here
-        finally:
-            launcher.kill()
+        launcher = _torchrun(tmp_path, output)
+        deadline = time.monotonic() + 300
+        while not any(int(i) >= 3 for i in LOGGED_ITER.findall(output_path.read_text())):
+            assert launcher.poll() is None and time.monotonic() < deadline, output_path.read_text()[-3000:]
+            time.sleep(0.05)
+        os.kill(_worker_pids(launcher.pid)[1], signal.SIGTERM)  # rank 1 only: rank 0 learns it from rank 1
+        launcher.wait(300)  # a rank left waiting for the other would hang here
     text = output_path.read_text()
-    stopped = re.search(r'Training stopped by SIGTERM at iteration (\d+)', text)
+    stopped = re.search(r'Training stopped by SIGTERM at iteration (\d+) \(epoch (\d+)\)', text)
     assert stopped, text[-3000:]
-    k = int(stopped.group(1))
-    assert len(re.findall(rf'exitcode\s*:\s*{128 + signal.SIGTERM} ', text)) == 2, text[-3000:]  # both ranks
+    k, epoch = int(stopped.group(1)), int(stopped.group(2))
+    ranks = re.findall(r'Rank (\d+): stopped at iteration (\d+); exit status (\d+)\.', text)
+    assert sorted(ranks) == [('0', str(k), '143'), ('1', str(k), '143')], text[-3000:]
+    # what torchrun saw: every rank it reports exited with 143 itself, none was killed by its SIGTERM
+    exit_codes = re.findall(r'exitcode\s*:\s*(-?\d+)', text)
+    assert exit_codes and set(exit_codes) == {str(128 + signal.SIGTERM)}, text[-3000:]
+    assert 'Signal 15 (SIGTERM) received by PID' not in text, text[-3000:]
     experiment = _experiment(tmp_path)
     assert [p.name for p in (experiment / 'training_states').iterdir()] == [f'{k}.state']
     assert _load(experiment / 'training_states' / f'{k}.state')['iter'] == k
     assert (experiment / 'models' / f'net_g_{k}.pth').is_file()
+
+    resumed_path = tmp_path / 'resumed.out'
+    with open(resumed_path, 'w') as output:
+        launcher = _torchrun(tmp_path, output, '--auto_resume', '--force_yml', f'train:total_iter={k + 2}',
+                             f'logger:save_checkpoint_freq={k + 2}')
+        assert launcher.wait(300) == 0, resumed_path.read_text()[-3000:]
+    text = resumed_path.read_text()
+    assert f'Resuming training from epoch: {epoch}, iter: {k}.' in text, text[-3000:]
+    assert [int(i) for i in LOGGED_ITER.findall(text)] == [k + 1, k + 2], text[-3000:]
+    assert _load(experiment / 'training_states' / f'{k + 2}.state')['iter'] == k + 2

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, paired_dataset_options, run_module, training_options, write_yaml
+from conftest import REPO, free_port, paired_dataset_options, run_module, training_options, write_yaml
 
 PSNR_LINE = re.compile(r'# psnr: ([0-9.]+)')
 
@@ -105,7 +105,7 @@ def test_two_process_gloo_training_completes_with_rank_zero_writing(tiny_pairs, 
     opt['dist_params'] = {'backend': 'gloo', 'port': 29500}
     option_file = write_yaml(tmp_path / 'train.yml', opt)
     result = subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29631', '-m',
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}', '-m',
          'lksmn_arch.train', '-opt', str(option_file), '--launcher', 'pytorch'],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -11,26 +11,32 @@ On top of ``SRModel`` (same option keys, same files, same checkpoint formats):
   ``NonFiniteLossError``; non-finite weights are never saved;
 * SIGTERM or SIGINT during training: the current iteration finishes, a training state and ``net_g`` are
   saved for it and the process exits with status 128 + signal number (143 for SIGTERM, 130 for SIGINT),
-  saying how to resume; a second signal exits at once without saving. ``lksmn-train`` also makes BasicSR's
+  saying how to resume; a second signal exits at once without saving, and any signal after the save ends the
+  process at once with that status (``lksmn-train`` then exits through ``exit_after_stop``, not through an
+  interpreter shutdown that would drop the handler). ``lksmn-train`` also makes BasicSR's
   DataLoader workers ignore these signals (``shield_dataloader_workers``), so that a signal sent to the whole
   process group (Slurm, Ctrl-C) reaches the trainer instead of killing its workers.
 
 Distributed runs: the ranks agree each iteration (one all-reduce of two numbers) on skipping a non-finite
 step and on stopping, so a signal to any rank (or to all, as torchrun forwards its own SIGTERM) stops every
-rank at the same iteration; rank 0 saves while the others wait at a barrier, then all exit with 128 + signal.
+rank at the same iteration; rank 0 saves while the others wait at a barrier, then each rank prints
+``Rank <r>: stopped at iteration <k>; exit status <s>.`` and exits with 128 + signal, also when the launcher's
+SIGTERM (sent to the other ranks once the first has exited) reaches it first.
 Too many non-finite steps stop every rank together. A failed save raises on rank 0 only (BasicSR's
 ``master_only``); the other ranks then block in the next collective until the launcher ends them, which
 torchrun does when rank 0 exits.
 """
+import gc
 import logging
 import math
+import multiprocessing
 import os
 import signal
 import sys
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NoReturn, Optional, Tuple
 
 import torch
 import basicsr.data
@@ -62,9 +68,17 @@ class TrainingInterrupted(SystemExit):
 
 
 # --- signals: the handler only records the request; the model acts on it after an iteration ---------
+#
+# Once the stop's checkpoint is written, the process must end with 128 + signal whatever else happens:
+# under torchrun the first rank to exit makes the launcher send SIGTERM to the others. Python removes its
+# signal handlers while the interpreter shuts down (hundreds of milliseconds with torch loaded), so a rank
+# still shutting down would die of that SIGTERM (-15). Hence the handler stays installed after the stop,
+# ends the process at once with the stop's status, and ``lksmn-train`` ends a stopped run with
+# ``exit_after_stop`` (``os._exit``) instead of a normal interpreter shutdown.
 
 _stop_signal: Optional[int] = None
-_stop_saved = False  # the stop's checkpoint is written: further signals just end the process
+_exit_status: Optional[int] = None  # set once the stop's checkpoint is written: any signal ends the process
+_exit_note = b''  # what the process still has to say if a signal ends it before it says so itself
 _handler_pid: Optional[int] = None
 _previous_handlers: Dict[int, Any] = {}
 
@@ -77,13 +91,16 @@ def _signal_name(signum: int) -> str:
 
 
 def _on_stop_signal(signum: int, frame: Any) -> None:
-    """Record the first signal; exit at once on the second. Does nothing in forked DataLoader workers."""
+    """Record the first signal; exit at once on the second, or on any once the stop is saved.
+    Does nothing in forked DataLoader workers."""
     global _stop_signal
     if os.getpid() != _handler_pid:
         return  # a DataLoader worker forked from the trainer: the main process stops it when it exits
+    if _exit_status is not None:  # saved: e.g. torchrun stopping the other ranks once one has exited
+        if _exit_note:
+            os.write(2, _exit_note)
+        os._exit(_exit_status)
     name = _signal_name(signum)
-    if _stop_saved:
-        os._exit(128 + signum)  # e.g. torchrun stopping the other ranks once one has exited
     if _stop_signal is not None:
         os.write(2, f'\nReceived {name} again: exiting now without saving (the last complete checkpoint is '
                     f'kept).\n'.encode())
@@ -95,10 +112,10 @@ def _on_stop_signal(signum: int, frame: Any) -> None:
 
 def install_signal_handlers() -> bool:
     """Route SIGTERM/SIGINT to the save-and-stop handler; False where that is impossible (not the main thread)."""
-    global _handler_pid, _stop_signal, _stop_saved
+    global _handler_pid, _stop_signal, _exit_status, _exit_note
     if threading.current_thread() is not threading.main_thread():
         return False
-    _stop_signal, _stop_saved = None, False
+    _stop_signal, _exit_status, _exit_note = None, None, b''
     _handler_pid = os.getpid()
     for signum in STOP_SIGNALS:
         previous = signal.signal(signum, _on_stop_signal)
@@ -109,14 +126,32 @@ def install_signal_handlers() -> bool:
 
 def uninstall_signal_handlers() -> None:
     """Give SIGTERM/SIGINT back to the handlers they had before ``install_signal_handlers``."""
-    global _handler_pid, _stop_signal, _stop_saved
+    global _handler_pid, _stop_signal, _exit_status, _exit_note
     if threading.current_thread() is not threading.main_thread():
         return
     for signum, previous in list(_previous_handlers.items()):
         signal.signal(signum, previous)
         del _previous_handlers[signum]
     _handler_pid = None
-    _stop_signal, _stop_saved = None, False
+    _stop_signal, _exit_status, _exit_note = None, None, b''
+
+
+def exit_after_stop(status: int) -> NoReturn:
+    """End a process whose training stopped on a signal (checkpoint saved) with ``status``, without the
+    interpreter shutdown during which a further signal (torchrun's SIGTERM to the ranks still running)
+    would kill it: finish DataLoader workers, flush the logs and standard streams, ``os._exit``. The
+    handler stays installed until then, so a signal meanwhile ends the process with the same status."""
+    gc.collect()  # DataLoader iterators of the unwound training loop shut their workers down
+    for child in multiprocessing.active_children():  # workers left over ignore SIGTERM (shielded)
+        child.kill()
+        child.join(5)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(status)
 
 
 def _shielded_worker_init_fn(worker_id: int, num_workers: int, rank: int, seed: int) -> None:
@@ -317,19 +352,26 @@ class LKSMNModel(SRModel):
         self.save(epoch, current_iter)
         if self.opt.get('dist'):
             torch.distributed.barrier()  # rank 0 has written before any rank exits
-        global _stop_saved
-        _stop_saved = True
-        if self.opt.get('rank', 0) == 0:
+        status, rank, dist = 128 + signum, self.opt.get('rank', 0), bool(self.opt.get('dist'))
+        message = None
+        if rank == 0:
             models, states = Path(self.opt['path']['models']), Path(self.opt['path']['training_states'])
             message = (f'Training stopped by {name} at iteration {current_iter} (epoch {epoch}): saved '
                        f'{models / f"net_g_{current_iter}.pth"} and {states / f"{current_iter}.state"}. '
-                       f'Resume with: {_resume_command()}'
-                       f'{" (under the same launcher)" if self.opt.get("dist") else ""}')
+                       f'Resume with: {_resume_command()}{" (under the same launcher)" if dist else ""}')
+        # one line per rank (BasicSR's logger shows rank 0 only), so that a distributed stop can be checked
+        rank_line = f'Rank {rank}: stopped at iteration {current_iter}; exit status {status}.\n' if dist else ''
+        # From here a signal (the launcher's SIGTERM once another rank has exited) ends the process at once
+        # with the stop's status, saying first what this process has not said yet.
+        global _exit_status, _exit_note
+        _exit_note = (f'{message}\n' if message else '').encode() + rank_line.encode()
+        _exit_status = status
+        if message:
             logger.info(message)
-        if not self.opt.get('dist'):
-            uninstall_signal_handlers()
-        # distributed: the handler stays, so that the launcher's SIGTERM to ranks still exiting (sent when the
-        # first rank exits) ends them with the same status instead of a default signal death
+        _exit_note = rank_line.encode()
+        if rank_line:
+            os.write(2, _exit_note)
+        _exit_note = b''
         raise TrainingInterrupted(signum)
 
     # --- saving ----------------------------------------------------------------------------------------
