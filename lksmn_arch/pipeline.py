@@ -4,13 +4,19 @@
 clear message, not a traceback from a DataLoader worker), install the plugin's resume logic, and
 call ``basicsr.train.train_pipeline`` / ``basicsr.test.test_pipeline`` unchanged. Outputs
 (``experiments/``, ``tb_logger/``, ``results/``) go under ``root_path``, the working directory by default.
+
+The fault guarantees (atomic saves, a save on SIGTERM/SIGINT, non-finite step skipping, weights-only loading)
+live in ``LKSMNModel``. Option files written for plain BasicSR (``model_type: SRModel``, same option keys) run
+as ``LKSMNModel`` (one ``--force_yml model_type=LKSMNModel`` more for BasicSR, and one log line saying so);
+any other model type runs as written, with a warning naming the guarantees it lacks.
 """
 import argparse
+import logging
 import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -146,34 +152,97 @@ def _pass_dist_params_to_torchrun(opt: Dict[str, Any]) -> None:
     options.init_dist = init_dist
 
 
-def _prepare(prog: str, argv: Optional[Sequence[str]], is_train: bool) -> List[str]:
+GUARDED_MODEL_TYPE = 'LKSMNModel'
+RUN_AS_GUARDED = ('SRModel',)  # model types whose option files run unchanged as LKSMNModel (same option keys)
+TRAIN_GUARANTEES = ('atomic checkpoint saves', 'a checkpoint saved on SIGTERM/SIGINT before stopping',
+                    'skipping of non-finite steps', 'weights-only loading with a one-line refusal of pickled code')
+TEST_GUARANTEES = ('weights-only loading with a one-line refusal of pickled code',)
+
+Note = Tuple[int, str]  # (logging level, message)
+_model_note: Optional[Note] = None  # logged when BasicSR builds the model
+
+
+def model_type_plan(opt: Dict[str, Any], opt_path: str, is_train: bool) -> Tuple[Optional[str], Optional[Note]]:
+    """How the option file's ``model_type`` will run: the ``--force_yml`` entry that runs it as ``LKSMNModel``
+    (None: it runs as written), and the line to log about it, as (logging level, message), if any."""
+    model_type = opt['model_type']
+    if model_type == GUARDED_MODEL_TYPE:
+        return None, None
+    if model_type in RUN_AS_GUARDED:
+        added = ('atomic checkpoint saves, a checkpoint on SIGTERM/SIGINT, verified resume, non-finite step '
+                 'skipping and weights-only loading' if is_train else 'weights-only loading')
+        return f'model_type={GUARDED_MODEL_TYPE}', (
+            logging.INFO, f'{opt_path}: model_type {model_type} runs as {GUARDED_MODEL_TYPE} ({model_type} with the '
+                          f'same option keys, plus {added}).')
+    guarantees = TRAIN_GUARANTEES if is_train else TEST_GUARANTEES
+    still = 'option checks and verified --auto_resume still apply' if is_train else 'option checks still apply'
+    return None, (logging.WARNING,
+                  f'{opt_path}: model_type {model_type} runs as written, without these guarantees (they hold for '
+                  f'{GUARDED_MODEL_TYPE} and {", ".join(RUN_AS_GUARDED)} only): {"; ".join(guarantees)}. The '
+                  f'{still}.')
+
+
+def _announce_model_type(module: Any, note: Optional[Note]) -> None:
+    """Have ``module.build_model`` (``basicsr.train`` / ``basicsr.test``) log ``note`` first: by then BasicSR's
+    logger writes to the run's log file as well as the console (rank 0 only)."""
+    global _model_note
+    _model_note = note
+    original = getattr(module.build_model, '_lksmn_original', module.build_model)
+
+    def build_model(opt: Dict[str, Any]) -> Any:
+        if _model_note is not None:
+            from basicsr.utils import get_root_logger
+            get_root_logger().log(*_model_note)
+        return original(opt)
+
+    build_model._lksmn_original = original
+    module.build_model = build_model
+
+
+def _basicsr_arguments(args: argparse.Namespace, force_yml: List[str]) -> List[str]:
+    """The command line for BasicSR's ``parse_options``: ``args`` with ``force_yml`` as the overrides."""
+    argv = ['-opt', args.opt, '--launcher', args.launcher]
+    argv += ['--auto_resume'] * args.auto_resume + ['--debug'] * args.debug
+    if args.local_rank:
+        argv += ['--local_rank', str(args.local_rank)]
+    return argv + (['--force_yml', *force_yml] if force_yml else [])
+
+
+def _prepare(prog: str, argv: Optional[Sequence[str]], is_train: bool) -> Tuple[List[str], Optional[Note]]:
+    """Check the option file; the command line for BasicSR and the model-type line to log."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(prog, is_train).parse_args(argv)
     opt = load_options(args.opt, args.force_yml)
     check_options(opt, args.opt, is_train)
+    run_as, note = model_type_plan(opt, args.opt, is_train)
+    if run_as:  # argparse keeps only the last --force_yml, so all overrides go into one
+        argv = _basicsr_arguments(args, [*(args.force_yml or []), run_as])
     _pass_dist_params_to_torchrun(opt)
     name_files_in_sample_errors()
-    return argv
+    return argv, note
 
 
 def run_training(argv: Optional[Sequence[str]] = None, root_path: Optional[str] = None,
                  prog: str = 'lksmn-train') -> None:
-    """``basicsr.train.train_pipeline`` with checked options and the plugin's resume logic."""
+    """``basicsr.train.train_pipeline`` with checked options and the plugin's resume logic; ``model_type:
+    SRModel`` runs as ``LKSMNModel``, other types than these two with a warning naming what is not covered."""
     import basicsr.train
-    argv = _prepare(prog, argv, is_train=True)
+    argv, note = _prepare(prog, argv, is_train=True)
     root = os.path.abspath(root_path or os.getcwd())
     check_writable(Path(root) / 'experiments', 'experiments folder')
     shield_dataloader_workers()  # a SIGTERM to the process group must reach the trainer, not kill its workers
     basicsr.train.load_resume_state = resume.load_resume_state
+    _announce_model_type(basicsr.train, note)
     with _basicsr_argv(prog, argv):
         basicsr.train.train_pipeline(root)
 
 
 def run_testing(argv: Optional[Sequence[str]] = None, root_path: Optional[str] = None,
                 prog: str = 'lksmn-test') -> None:
-    """``basicsr.test.test_pipeline`` with checked options."""
+    """``basicsr.test.test_pipeline`` with checked options; model types as in ``run_training``."""
     import basicsr.test
-    argv = _prepare(prog, argv, is_train=False)
+    argv, note = _prepare(prog, argv, is_train=False)
+    _announce_model_type(basicsr.test, note)
     with _basicsr_argv(prog, argv):
         basicsr.test.test_pipeline(os.path.abspath(root_path or os.getcwd()))
 

@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import free_port, paired_dataset_options, training_options, write_yaml
+from conftest import free_port, paired_dataset_options, run_module, training_options, write_yaml
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1')
 NAME = 'faults'
@@ -42,7 +42,8 @@ import time
 
 import lksmn_arch  # noqa: F401  (compat fixes before basicsr)
 import torch
-from basicsr.utils.registry import LOSS_REGISTRY
+from basicsr.models.sr_model import SRModel
+from basicsr.utils.registry import LOSS_REGISTRY, MODEL_REGISTRY
 from torch.nn import functional as F
 
 FAIL_FROM = int(os.environ.get('FAULT_FAIL_SAVE_FROM', '0'))  # this and later torch.save calls hit a full disk
@@ -106,6 +107,11 @@ class InjectedL1Loss(torch.nn.Module):
         return loss
 
 
+@MODEL_REGISTRY.register()
+class OtherSRModel(SRModel):
+    """A model type of another project (here BasicSR's SRModel under another name)."""
+
+
 from lksmn_arch.models.lksmn_model import LKSMNModel  # noqa: E402
 from lksmn_arch.train import main  # noqa: E402
 
@@ -143,11 +149,33 @@ def driver(tmp_path_factory) -> Path:
     return path
 
 
-def _options(tiny_pairs, total_iter: int, save_every: int, ema_decay: float = 0.5, **train) -> dict:
+def _options(tiny_pairs, total_iter: int, save_every: int, ema_decay: float = 0.5, model_type: str = 'LKSMNModel',
+             **train) -> dict:
     opt = training_options(NAME, paired_dataset_options('train', tiny_pairs['train_gt'], tiny_pairs['train_lq'],
                                                         'train'), None, total_iter, save_every, ema_decay)
+    opt['model_type'] = model_type
     opt['train'].update(train)
     return opt
+
+
+MODEL_TYPES = ['LKSMNModel', 'SRModel']  # SRModel: an option file written for plain BasicSR
+RUNS_AS_LKSMN = re.compile(r'INFO: train\.yml: model_type SRModel runs as LKSMNModel \(SRModel with the same option '
+                           r'keys, plus atomic checkpoint saves, a checkpoint on SIGTERM/SIGINT, verified resume, '
+                           r'non-finite step skipping and weights-only loading\)\.')
+
+
+def _assert_model_type_announced(model_type: str, output: str, workdir: Optional[Path] = None,
+                                 built: bool = True) -> None:
+    """An SRModel option file says once, on the console and in the run's log, that it runs as LKSMNModel
+    (and BasicSR then builds an LKSMNModel, if ``built``)."""
+    if model_type == 'LKSMNModel':
+        assert 'runs as LKSMNModel' not in output
+        return
+    assert len(RUNS_AS_LKSMN.findall(output)) == 1, output[-3000:]
+    assert ('Model [LKSMNModel] is created.' in output) is built
+    if workdir is not None:
+        logs = sorted(_experiment(workdir).glob('train_*.log'))
+        assert logs and RUNS_AS_LKSMN.search(logs[-1].read_text())
 
 
 def _command(driver: Path, *args: str) -> List[str]:
@@ -371,9 +399,25 @@ def test_training_killed_at_any_point_resumes_from_its_last_checkpoint_to_total_
     assert not _temporaries(models) and not _temporaries(states), 'leftover temporary files must be removed'
 
 
-def test_sigterm_saves_the_current_iteration_and_resume_continues_with_the_next(tiny_pairs, driver, tmp_path):
+def _assert_process_group_gone(pgid: int, timeout: float = 60) -> None:
+    """No process of group ``pgid`` (a run and its DataLoader workers) is left, within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        if time.monotonic() > deadline:
+            os.killpg(pgid, signal.SIGKILL)
+            pytest.fail(f'processes of the stopped run (process group {pgid}) were left running')
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize('model_type', MODEL_TYPES)
+def test_sigterm_saves_the_current_iteration_and_resume_continues_with_the_next(tiny_pairs, driver, tmp_path,
+                                                                               model_type):
     """SIGTERM to the whole process group (as Slurm sends it), DataLoader workers included."""
-    opt = _options(tiny_pairs, total_iter=100000, save_every=100000)
+    opt = _options(tiny_pairs, total_iter=100000, save_every=100000, model_type=model_type)
     opt['datasets']['train'].update(num_worker_per_gpu=1, dataset_enlarge_ratio=2)
     iters_per_epoch = 2 * ITERS_PER_EPOCH
     write_yaml(tmp_path / 'train.yml', opt)
@@ -381,7 +425,9 @@ def test_sigterm_saves_the_current_iteration_and_resume_continues_with_the_next(
     run.wait_for(lambda: any(int(i) >= 8 for i in LOGGED_ITER.findall(run.output())), 'iteration 8')
     os.killpg(run.process.pid, signal.SIGTERM)
     assert run.finish() == 128 + signal.SIGTERM, run.output()[-3000:]
+    _assert_process_group_gone(run.process.pid)  # the DataLoader worker (it ignores SIGTERM) ended too
     output = run.output()
+    _assert_model_type_announced(model_type, output, tmp_path)
     stopped = re.search(r'Training stopped by SIGTERM at iteration (\d+) \(epoch (\d+)\)', output)
     assert stopped, output[-3000:]
     k, epoch = int(stopped.group(1)), int(stopped.group(2))
@@ -400,6 +446,46 @@ def test_sigterm_saves_the_current_iteration_and_resume_continues_with_the_next(
     assert f'Resuming training from epoch: {epoch}, iter: {k}.' in result.stderr
     assert [int(i) for i in LOGGED_ITER.findall(result.stderr)] == [k + 1, k + 2, k + 3]
     assert _load(states / f'{k + 3}.state')['iter'] == k + 3
+    _assert_model_type_announced(model_type, result.stderr)
+
+
+@pytest.mark.parametrize('held', ['models/net_g_4.pth', 'training_states/4.state'])
+def test_srmodel_option_file_killed_during_a_save_keeps_the_previous_checkpoint(tiny_pairs, driver, tmp_path, held):
+    """An option file written for plain BasicSR (model_type SRModel), SIGKILLed half-way through writing the
+    second checkpoint's weights or state: the first checkpoint loads and --auto_resume continues from it."""
+    write_yaml(tmp_path / 'train.yml', _options(tiny_pairs, total_iter=6, save_every=2, model_type='SRModel'))
+    folder, name = (_experiment(tmp_path) / held).parent, Path(held).name
+    _hold_saves(tmp_path, '^' + re.escape(f'.{name}.tmp-'))
+    run = Run(driver, tmp_path)
+    run.wait_for(lambda: bool(_temporaries(folder, f'.{name}.tmp-', run)), f'the save of {held}')
+    run.process.kill()
+    assert run.finish() == -signal.SIGKILL
+    _release_saves(tmp_path)
+    _assert_model_type_announced('SRModel', run.output(), tmp_path)
+    assert not (folder / name).exists(), 'nothing may appear under the final name of an interrupted save'
+    assert _complete_checkpoints(tmp_path) == [2]
+    _assert_every_checkpoint_loads(tmp_path)
+
+    result = _run(driver, tmp_path, '--auto_resume')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _resumed_from(result.stderr) == (0, 2)
+    assert _complete_checkpoints(tmp_path) == [2, 4, 6]
+    _assert_every_checkpoint_loads(tmp_path)
+
+
+def test_another_model_type_runs_as_written_with_a_warning_naming_the_guarantees_it_lacks(tiny_pairs, driver,
+                                                                                           tmp_path):
+    write_yaml(tmp_path / 'train.yml', _options(tiny_pairs, total_iter=2, save_every=2, model_type='OtherSRModel'))
+    result = _run(driver, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warning = ('WARNING: train.yml: model_type OtherSRModel runs as written, without these guarantees (they hold '
+               'for LKSMNModel and SRModel only): atomic checkpoint saves; a checkpoint saved on SIGTERM/SIGINT '
+               'before stopping; skipping of non-finite steps; weights-only loading with a one-line refusal of '
+               'pickled code. The option checks and verified --auto_resume still apply.')
+    assert result.stderr.count(warning) == 1, result.stderr[-3000:]
+    assert warning in max(_experiment(tmp_path).glob('train_*.log')).read_text()
+    assert 'Model [OtherSRModel] is created.' in result.stderr
+    assert 'runs as LKSMNModel' not in result.stderr
 
 
 # --- damaged and hostile checkpoints --------------------------------------------------------------------
@@ -474,13 +560,21 @@ def test_auto_resume_skips_a_newest_checkpoint_that_is_damaged_in_any_way(finish
     assert not (_experiment(workdir) / 'training_states' / 'pwned').exists()
 
 
-def test_pretrained_weights_carrying_pickled_code_are_refused(finished_run, driver, tmp_path):
+def _pickled_pretrained(finished_run: Path, tmp_path: Path) -> Tuple[Path, Path]:
+    """Weights of the finished run plus an object that creates a marker file when unpickled."""
     marker = tmp_path / 'pwned'
     checkpoint = _load(_experiment(finished_run) / 'models' / 'net_g_4.pth')
     checkpoint['extra'] = Evil(marker)
     torch.save(checkpoint, tmp_path / 'pretrained.pth')
+    return tmp_path / 'pretrained.pth', marker
+
+
+@pytest.mark.parametrize('model_type', MODEL_TYPES)
+def test_pretrained_weights_carrying_pickled_code_are_refused(finished_run, driver, tmp_path, model_type):
+    pretrained, marker = _pickled_pretrained(finished_run, tmp_path)
     opt = yaml_load(finished_run / 'train.yml')
-    opt['path']['pretrain_network_g'] = str(tmp_path / 'pretrained.pth')
+    opt['model_type'] = model_type
+    opt['path']['pretrain_network_g'] = str(pretrained)
     write_yaml(tmp_path / 'train.yml', opt)
     result = _run(driver, tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
@@ -489,6 +583,26 @@ def test_pretrained_weights_carrying_pickled_code_are_refused(finished_run, driv
     assert 'Traceback' not in result.stderr
     assert not marker.exists()
     assert not list(_experiment(tmp_path).glob('models/*.pth'))
+    _assert_model_type_announced(model_type, result.stderr, built=False)  # refused while it was being built
+
+
+def test_lksmn_test_refuses_pickled_weights_named_by_an_srmodel_option_file(finished_run, tiny_pairs, tmp_path):
+    pretrained, marker = _pickled_pretrained(finished_run, tmp_path)
+    train_opt = yaml_load(finished_run / 'train.yml')
+    opt = {'name': 'faults_test', 'model_type': 'SRModel', 'scale': 2, 'num_gpu': 'auto',
+           'datasets': {'test_1': paired_dataset_options('val', tiny_pairs['val_gt'], tiny_pairs['val_lq'], 'val')},
+           'network_g': train_opt['network_g'],
+           'path': {'pretrain_network_g': str(pretrained), 'param_key_g': 'params', 'strict_load_g': True},
+           'val': {'save_img': False, 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 2}}}}
+    write_yaml(tmp_path / 'test.yml', opt)
+    result = run_module('lksmn_arch.test', '-opt', 'test.yml', cwd=tmp_path, timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f'lksmn-test: error: refusing checkpoint {pretrained}: torch.load(weights_only=True) refused it' \
+        in result.stderr
+    assert 'Traceback' not in result.stderr
+    assert not marker.exists()
+    assert ('INFO: test.yml: model_type SRModel runs as LKSMNModel (SRModel with the same option keys, plus '
+            'weights-only loading).') in result.stderr
 
 
 def test_resume_state_carrying_pickled_code_is_refused(finished_run, driver, tmp_path):
@@ -516,11 +630,13 @@ def _injected_loss(**fault) -> dict:
     return {'type': 'InjectedL1Loss', 'loss_weight': 1.0, 'reduction': 'mean', **fault}
 
 
-def test_a_nan_loss_step_is_skipped_and_training_continues(tiny_pairs, driver, tmp_path):
-    write_yaml(tmp_path / 'train.yml', _options(tiny_pairs, total_iter=6, save_every=2,
+@pytest.mark.parametrize('model_type', MODEL_TYPES)
+def test_a_nan_loss_step_is_skipped_and_training_continues(tiny_pairs, driver, tmp_path, model_type):
+    write_yaml(tmp_path / 'train.yml', _options(tiny_pairs, total_iter=6, save_every=2, model_type=model_type,
                                                 pixel_opt=_injected_loss(bad_calls=[3])))
     result = _run(driver, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    _assert_model_type_announced(model_type, result.stderr, tmp_path)
     warnings = re.findall(r'Iteration (\d+): non-finite loss or gradients \(l_pix=nan\); step skipped',
                           result.stderr)
     assert warnings == ['3']

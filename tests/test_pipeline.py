@@ -1,4 +1,5 @@
 """Training and testing through BasicSR's own pipelines, from option files, as a user runs them."""
+import logging
 import re
 import shutil
 import subprocess
@@ -194,3 +195,18 @@ def test_single_image_option_file_upscales_lr_images_without_ground_truth(x4_che
     outputs = sorted((tmp_path / 'results' / 'LKSMN_x4_single' / 'visualization' / 'single').glob('*.png'))
     assert [p.name for p in outputs] == ['img0_LKSMN_x4_single.png', 'img1_LKSMN_x4_single.png']
     assert cv2.imread(str(outputs[0])).shape == (48, 48, 3)
+
+
+@pytest.mark.parametrize('is_train', [True, False], ids=['lksmn-train', 'lksmn-test'])
+def test_model_types_other_than_lksmnmodel_run_as_lksmnmodel_or_with_a_warning(is_train):
+    from lksmn_arch.pipeline import model_type_plan
+    assert model_type_plan({'model_type': 'LKSMNModel'}, 'a.yml', is_train) == (None, None)
+    run_as, (level, message) = model_type_plan({'model_type': 'SRModel'}, 'a.yml', is_train)
+    assert run_as == 'model_type=LKSMNModel' and level == logging.INFO
+    assert message.startswith('a.yml: model_type SRModel runs as LKSMNModel (SRModel with the same option keys, plus ')
+    run_as, (level, message) = model_type_plan({'model_type': 'SwinIRModel'}, 'a.yml', is_train)
+    assert run_as is None and level == logging.WARNING
+    assert message.startswith('a.yml: model_type SwinIRModel runs as written, without these guarantees (they hold '
+                              'for LKSMNModel and SRModel only): ')
+    assert ('atomic checkpoint saves' in message) is is_train
+    assert 'weights-only loading with a one-line refusal of pickled code' in message
