@@ -331,21 +331,22 @@ def _annotate(rows: List[Row]) -> None:
 # --- plain cross-check -------------------------------------------------------------------------------------
 
 def plain_timing(name: str, path: str, *, rounds: int, warmup: int, threads: int, device: torch.device,
-                 lksmn_configs: Dict[str, dict]) -> Optional[float]:
+                 size: Tuple[int, int], lksmn_configs: Dict[str, dict]) -> Optional[float]:
     """Median ms of one network on one path, alone in this process: the reference a table row must match."""
     peers = [name] if name in PEERS else []
     configs = {name: lksmn_configs[name]} if name in lksmn_configs else {}
     if not peers and not configs:
         raise ValueError(f'--plain: unknown network {name!r}; choose from {list(lksmn_configs) + list(PEERS)}')
     nets = build_networks(peers, configs)
-    x = torch.rand(1, 3, *LR_SIZE, device=device)
+    x = torch.rand(1, 3, *size, device=device)
     with tempfile.TemporaryDirectory() as workdir:
         forward = _forward_for(nets[name], path, device, threads, Path(workdir))
         times, _ = time_interleaved({name: forward}, x, rounds=rounds, warmup=warmup)
     return median([t * 1000 for t in times[name]])
 
 
-def cross_check(rows: List[Row], names: Sequence[str], rounds: int, warmup: int, threads: int) -> List[Dict]:
+def cross_check(rows: List[Row], names: Sequence[str], rounds: int, warmup: int, threads: int,
+                size: str) -> List[Dict]:
     """Re-time each network's fastest fp32 row alone in a fresh process; report the difference."""
     checks = []
     for name in names:
@@ -353,7 +354,7 @@ def cross_check(rows: List[Row], names: Sequence[str], rounds: int, warmup: int,
         if row is None:
             continue
         command = [sys.executable, __file__, '--plain', name, row.path, '--rounds', str(rounds), '--warmup',
-                   str(warmup), '--threads', str(threads)]
+                   str(warmup), '--threads', str(threads), '--size', size]
         result = subprocess.run(command, capture_output=True, text=True)
         try:
             plain = float(result.stdout.strip().splitlines()[-1])
@@ -390,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='LKSMN configurations to time, e.g. --lksmn \'LKSMN-v1={"ffn": "gated_dconv"}\' '
                         '(repeatable; default: LKSMN with its default keywords, and the named configurations of '
                         'lksmn_arch.archs.lksmn_arch.NAMED_CONFIGS)')
+    parser.add_argument('--size', default='320x180', help='input WxH of the latency rows (default 320x180, a 1280x720 '
+                        'output)')
     parser.add_argument('--no-bf16', action='store_true', help='skip the bf16 rows')
     parser.add_argument('--memory-size', default=None, help='input WxH of the whole-vs-tiled memory test '
                         '(default 960x540; 480x270 with --quick); "0" skips it')
@@ -451,6 +454,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError(f'--peers: unknown {unknown}; choose from {list(PEERS)}')
         configs = lksmn_configurations(args.lksmn)
         memory_size = _parse_size(args.memory_size or ('480x270' if args.quick else '960x540'))
+        lr_size = _parse_size(args.size) or LR_SIZE
     except (ValueError, TypeError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
@@ -461,7 +465,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.plain:
         name, path = args.plain
         try:
-            print(f'{plain_timing(name, path, rounds=rounds, warmup=warmup, threads=threads, device=device, lksmn_configs=configs):.3f}')
+            print(f'{plain_timing(name, path, rounds=rounds, warmup=warmup, threads=threads, device=device, size=lr_size, lksmn_configs=configs):.3f}')
         except ValueError as error:
             print(f'error: {error}', file=sys.stderr)
             return 2
@@ -470,8 +474,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     machine = describe_machine(device, threads)
     nets = build_networks(peers, configs)
     torch.manual_seed(0)
-    x = torch.rand(1, 3, *LR_SIZE, device=device)
-    header = (f'# {machine_line(machine)}\n# {LR_SIZE[1]}x{LR_SIZE[0]} -> {LR_SIZE[1] * SCALE}x{LR_SIZE[0] * SCALE}, '
+    x = torch.rand(1, 3, *lr_size, device=device)
+    header = (f'# {machine_line(machine)}\n# {lr_size[1]}x{lr_size[0]} -> {lr_size[1] * SCALE}x{lr_size[0] * SCALE}, '
               f'batch 1; median of {rounds} interleaved rounds after {warmup} warm-up rounds')
     print(header, flush=True)
 
@@ -489,7 +493,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     checks = []
     if not args.no_cross_check:
         print('\n# cross-check: each network\'s fastest fp32 row re-timed alone in a fresh process', flush=True)
-        checks = cross_check(rows, [n for n in (lksmn_name, 'SAFMN') if n in nets], rounds, warmup, threads)
+        checks = cross_check(rows, [n for n in (lksmn_name, 'SAFMN') if n in nets], rounds, warmup, threads,
+                             args.size)
 
     pinned = device.type == 'cuda' or pin_malloc_thresholds()
     print('\n# peak memory of one forward (after all timing)', flush=True)

@@ -1,0 +1,99 @@
+"""benchmarks/speed.py: what it measures and how it reports (not timings: those are the benchmark's job)."""
+import importlib.util
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+import lksmn_arch  # noqa: F401
+from lksmn_arch.archs.lksmn_arch import LKSMN
+from lksmn_arch.latency import make_forward, time_interleaved
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / 'benchmarks' / 'speed.py'
+
+
+def _load() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location('speed_benchmark', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+speed = _load()
+
+
+def test_ratio_column_is_against_the_peers_fastest_fp32_path_not_its_slowest():
+    Row = speed.Row
+    rows = [Row('SAFMN', 'eager', 1, 1, latency_ms=400.0), Row('SAFMN', 'compile', 1, 1, latency_ms=250.0),
+            Row('SAFMN', 'bf16 channels_last', 1, 1, latency_ms=100.0), Row('LKSMN', 'compile', 1, 1, latency_ms=300.0)]
+    baseline = speed.fastest_fp32(rows, 'SAFMN')
+    assert baseline.path == 'compile'  # bf16 is faster but not fp32
+    table = speed.format_table(rows, baseline)
+    assert '| LKSMN | compile | 0K | 0.00 | 300.0 | 1.20x |' in table
+    assert 'vs SAFMN fastest fp32 (compile)' in table
+
+
+def test_every_network_gets_every_path_and_lksmn_also_its_training_form():
+    cpu = torch.device('cpu')
+    assert speed.paths_for('SAFMN', cpu, bf16=True)[:5] == ['eager', 'channels_last', 'compile',
+                                                            'compile_channels_last', 'onnxruntime']
+    assert 'bf16 channels_last' in speed.paths_for('SAFMN', cpu, bf16=True)
+    assert speed.paths_for('LKSMN', cpu, bf16=False)[0] == speed.TRAINING_FORM
+
+
+def test_machine_header_names_cpu_flags_threads_and_versions():
+    line = speed.machine_line(speed.describe_machine(torch.device('cpu'), 2))
+    for word in ('AVX-512', 'BF16', 'AMX', '2 threads', f'torch {torch.__version__}', 'onnxruntime'):
+        assert word in line
+
+
+def test_interleaved_timing_runs_candidates_in_round_robin_and_drops_a_failing_one():
+    calls = []
+
+    def make(name):
+        return lambda x: calls.append(name) or x
+
+    def broken(x):
+        raise RuntimeError('no compiler')
+
+    times, first = time_interleaved({'a': make('a'), 'b': make('b'), 'c': broken}, torch.zeros(1), rounds=3,
+                                    warmup=1)
+    assert calls == ['a', 'b'] + ['a', 'b'] * 4  # first calls, then warm-up + timed rounds alternate
+    assert len(times['a']) == len(times['b']) == 3 and times['c'] == []
+    assert first['c'] != first['c']  # NaN marks the failure
+
+
+def test_paths_run_the_fused_network_and_agree_with_the_training_form():
+    torch.manual_seed(0)
+    model = LKSMN(upscale=2, num_feat=12, num_block=1, num_heads=2).eval()
+    x = torch.rand(1, 3, 9, 11)
+    with torch.no_grad():
+        expected = model(x)
+        for path in ('eager', 'channels_last'):
+            assert float((make_forward(model, path)(x) - expected).abs().max()) < 1e-5
+        assert float((make_forward(model, 'bf16 channels_last')(x).float() - expected).abs().max()) < 0.1
+    assert not model.fused
+
+
+def test_bad_lksmn_configuration_is_a_one_line_error_exit_2():
+    result = subprocess.run([sys.executable, str(SCRIPT), '--lksmn', 'x={"ffn": "mlp"}'], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2
+    assert "ffn must be one of ['gated_dconv', 'conv_mixer', 'none']" in result.stderr
+    assert 'Traceback' not in result.stderr
+
+
+def test_plain_timing_prints_one_median_for_the_cross_check():
+    result = subprocess.run([sys.executable, str(SCRIPT), '--plain', 'LKSMN', 'channels_last', '--rounds', '1',
+                             '--warmup', '0', '--size', '40x24'], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.strip().splitlines()[-1]) > 0
+
+
+def test_help_explains_the_phases_and_outputs():
+    text = speed.build_parser().format_help()
+    for word in ('--json', '--markdown', '--plain', '--size', 'interleaved', 'memory'):
+        assert word in text
