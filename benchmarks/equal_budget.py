@@ -509,6 +509,23 @@ def run_options(network: Network, seed: int, scale: int, iters: int, batch: int,
     return {'train': train, 'test': test}
 
 
+def describe_recipe(train: Dict[str, Any]) -> str:
+    """One line on the training recipe of a train option dict (optimizer, schedule, loss, EMA)."""
+    t = train['train']
+    optim, scheduler = t['optim_g'], t.get('scheduler') or {}
+    schedule = (f'cosine decay to {scheduler.get("eta_min")}' if scheduler.get('type') == 'CosineAnnealingRestartLR'
+                else scheduler.get('type', 'constant'))
+    loss = (t.get('pixel_opt') or {}).get('type', '?')
+    ema = f'EMA {t["ema_decay"]}' if t.get('ema_decay') else 'no EMA'
+    return f'{optim["type"]} lr {optim["lr"]} (betas {optim.get("betas")}), {schedule}, {loss}, {ema}'
+
+
+def demo_recipe() -> str:
+    """``describe_recipe`` of the demo's template (for --help)."""
+    paths = {key: Path('.') for key in ('train_gt', 'train_lq', 'test_gt', 'test_lq')}
+    return describe_recipe(demo_options(paths, Path('.'), 2000, 8)['train'])
+
+
 def final_checkpoint(run_root: Path, name: str) -> Path:
     """``<run>/experiments/<name>/models/net_g_latest.pth``, written by BasicSR at the end of training."""
     return run_root / 'experiments' / name / 'models' / FINAL_CHECKPOINT
@@ -794,6 +811,12 @@ def _fmt_gain(summary: Optional[Dict[str, float]], digits: int = 2) -> str:
     return text + (f' ± {summary["std"]:.{digits}f}' if summary['n'] > 1 else '')
 
 
+def _describe_data(source: Dict[str, Any], kind: str) -> str:
+    if 'photos' in source:
+        return f"scikit-image's bundled photos, the demo's {len(source['photos'])} {kind} photos"
+    return ', '.join(f'{key.upper()} {value}' for key, value in source.items())
+
+
 def format_table(results: Dict[str, Any]) -> str:
     """The Markdown report: settings, bicubic reference and one row per network."""
     s = results['settings']
@@ -803,10 +826,9 @@ def format_table(results: Dict[str, Any]) -> str:
         f'# Equal-budget study, x{s["scale"]}',
         '',
         f'- Recipe: the demo\'s ({s["iters"]} iterations, batch {s["batch"]}, LR patches {LR_PATCH}x{LR_PATCH}, '
-        f'Adam 2e-3 with cosine decay, L1, no EMA); seeds {", ".join(map(str, s["seeds"]))}; trained on '
-        f'{s["device"]}.',
-        f'- Training data: {json.dumps(s["data"]["train"])}; held-out: {", ".join(bicubic["per_image"])} '
-        f'({json.dumps(s["data"]["test"])}).',
+        f'{s["recipe_summary"]}); seeds {", ".join(map(str, s["seeds"]))}; trained on {s["device"]}.',
+        f'- Training data: {_describe_data(s["data"]["train"], "training")}; held-out: '
+        f'{", ".join(bicubic["per_image"])} ({_describe_data(s["data"]["test"], "held-out")}).',
         f'- Scores: PSNR (dB) / SSIM on Y, border {s["scale"]}, mean over the held-out images; **bicubic '
         f'(MATLAB): {bicubic["psnr"]:.2f} dB / {bicubic["ssim"]:.4f}**. Gains are over bicubic, mean ± sample '
         f'std over seeds; per-seed values in the last column.',
@@ -930,9 +952,10 @@ networks (--nets):
   Peers (safmn, span) are spandrel's classes registered in BasicSR as SpandrelSAFMN / SpandrelSPAN
   (needs the bench extra: pip install -c constraints-cpu.txt -e ".[bench]").
 
-recipe (the demo's, lksmn_arch.demo.demo_options): L1 loss, Adam lr 2e-3 (betas 0.9/0.99) with cosine decay
-  to 1e-5 over --iters, no EMA, LR patches {LR_PATCH}x{LR_PATCH} (HR {LR_PATCH}*scale), flips and rotations,
-  model LKSMNModel (BasicSR's SRModel with safe checkpoints) for every network, BasicSR seed = the run's seed.
+recipe (the demo's option template, lksmn_arch.demo.demo_options, for every network):
+  {_wrap(demo_recipe(), 2)},
+  schedule over --iters, LR patches {LR_PATCH}x{LR_PATCH} (HR {LR_PATCH}*scale), flips and rotations, model LKSMNModel
+  (BasicSR's SRModel with safe checkpoints), BasicSR's manual_seed = the run's seed.
 
 data:
   default      scikit-image's bundled photos exactly as the demo uses them: train on its {len(TRAIN_PHOTOS)}
@@ -1136,9 +1159,13 @@ def _run_study(args: argparse.Namespace, argv: Sequence[str]) -> int:
         current = None
     except (KeyboardInterrupt, SystemExit) as stop:
         status = stop.code if isinstance(stop, SystemExit) and isinstance(stop.code, int) else 130
-        where = f' during {current.name}' if current else ''
-        print(f'\n{PROG}: interrupted{where}. Re-run the same command to continue: finished runs are reused'
-              + (f', {current.name} starts over' if current else '') + '.', file=sys.stderr, flush=True)
+        where, then = '', ''
+        if current is not None:
+            where = f' during {current.name}'
+            then = (f', {current.name} is only tested' if current.checkpoint.is_file()
+                    else f', {current.name} starts over')
+        print(f'\n{PROG}: interrupted{where}. Re-run the same command to continue: finished runs are reused{then}.',
+              file=sys.stderr, flush=True)
         return status
 
     # 4. timing, after all training
@@ -1170,7 +1197,8 @@ def _run_study(args: argparse.Namespace, argv: Sequence[str]) -> int:
     # 5. outputs
     settings = {'scale': scale, 'iters': args.iters, 'batch': args.batch, 'seeds': list(args.seeds),
                 'device': device, 'data': spec.describe(), 'nets': [n.name for n in networks],
-                'recipe': portable(runs[0].options['train'], out) if runs else None,
+                'recipe': _recipe(runs[0].options['train'], out) if runs else None,
+                'recipe_summary': describe_recipe(runs[0].options['train']) if runs else '',
                 'command': ' '.join([PROG] + [_quote(a) for a in argv])}
     results = collect_results(networks, complexity, scores, failures, timings, bicubic, settings)
     written = write_outputs(results, out)
@@ -1183,6 +1211,11 @@ def _run_study(args: argparse.Namespace, argv: Sequence[str]) -> int:
               + '; re-run the same command to retry them', file=sys.stderr)
         return 1
     return 1 if timing_failed else 0
+
+
+def _recipe(train: Dict[str, Any], out: Path) -> Dict[str, Any]:
+    """The train options shared by every run (name, network, seed and device left out)."""
+    return portable({k: v for k, v in train.items() if k not in ('name', 'network_g', 'manual_seed', 'num_gpu')}, out)
 
 
 def _log_failure(run: Run, error: BaseException) -> None:

@@ -201,7 +201,7 @@ def test_ablation_option_files_are_up_to_date_and_build(one_thread):
     lksmn_entries = [name for name, entry in eb.NETWORKS.items() if entry.arch == 'LKSMN']
     assert sorted(generated) == sorted(f'train_LKSMN_x4_{name}.yml' for name in lksmn_entries)
     assert sorted(p.name for p in folder.iterdir()) == sorted(generated), \
-        f'regenerate them: python benchmarks/equal_budget.py --write-options options/ablation'
+        'regenerate them: python benchmarks/equal_budget.py --write-options options/ablation'
     template = yaml.safe_load((REPO / 'options' / 'train_LKSMN_x4.yml').read_text())
     for name in lksmn_entries:
         path = folder / f'train_LKSMN_x4_{name}.yml'
