@@ -112,11 +112,14 @@ class Upscaler:
             place; the default, and the fastest: see benchmarks/speed.py).
         channels_last: run an nn.Module in channels_last memory format (the default; faster on CPU and GPU
             for LKSMN's convolutions).
+        compile: run an nn.Module through ``torch.compile`` (with freezing). Each new input size compiles
+            once (seconds to a minute on a CPU), so it pays off for many images or tiles of one size.
     """
 
     def __init__(self, model: Network, scale: Optional[int] = None, *, tile: int = 0, tile_pad: int = 32,
                  device: Union[str, torch.device] = 'auto', precision: str = 'fp32', tta: bool = False,
-                 progress: bool = True, fuse: bool = True, channels_last: bool = True) -> None:
+                 progress: bool = True, fuse: bool = True, channels_last: bool = True,
+                 compile: bool = False) -> None:
         if type(tile) is not int or tile < 0:
             raise ValueError(f'tile must be an int >= 0 (0: whole image), got {tile!r}')
         if type(tile_pad) is not int or tile_pad < 0:
@@ -144,12 +147,16 @@ class Upscaler:
             self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
             self.model: Network = model.to(device=self.device, dtype=self.dtype,
                                            memory_format=self.memory_format).eval()
+            self._forward: Callable[[torch.Tensor], torch.Tensor] = self.model
+            if compile:
+                from lksmn_arch.latency import compile_for_inference
+                self._forward = compile_for_inference(self.model)
         else:
-            if precision != 'fp32':
-                raise ValueError(f"precision {precision!r} is for PyTorch networks; this network (ONNX Runtime) "
-                                 "runs in fp32")
+            if precision != 'fp32' or compile:
+                raise ValueError(f"precision {precision!r} and compile are for PyTorch networks; this network "
+                                 "(ONNX Runtime) runs in fp32, as exported")
             self.device = torch.device('cpu')
-            self.model = model
+            self.model = self._forward = model
 
     @classmethod
     def from_checkpoint(cls, path: str, **kwargs: object) -> 'Upscaler':
@@ -169,7 +176,7 @@ class Upscaler:
             with torch.no_grad():
                 if isinstance(self.model, nn.Module):
                     inp = inp.to(device=self.device, dtype=self.dtype, memory_format=self.memory_format)
-                    out = self.model(inp).float().cpu().contiguous()
+                    out = self._forward(inp).float().cpu().contiguous()
                 else:
                     out = self.model(inp)
             out = _dihedral_inverse(out, index)

@@ -68,20 +68,21 @@ def make_forward(model: nn.Module, path: str, *, device: torch.device = torch.de
     def run(x: torch.Tensor) -> torch.Tensor:
         return net(x.to(dtype=dtype, memory_format=memory_format))
 
-    if not base.startswith('compile'):
-        return run
-    compiled = torch.compile(run)
-    frozen_once = []
+    return compile_for_inference(run) if base.startswith('compile') else run
+
+
+def compile_for_inference(function: Forward) -> Forward:
+    """``torch.compile(function)`` with inductor's freezing (weights folded into the graph: inference only).
+
+    Freezing is read when a graph is compiled, which happens at a call, so every call runs under it.
+    """
+    import torch._inductor.config as inductor_config
+    compiled = torch.compile(function)
 
     def run_compiled(x: torch.Tensor) -> torch.Tensor:
-        if not frozen_once:  # freezing is read when the graph is compiled, at the first call
-            import torch._inductor.config as inductor_config
-            with inductor_config.patch(freezing=True), warnings.catch_warnings():
-                warnings.simplefilter('ignore')
-                out = compiled(x)
-            frozen_once.append(True)
-            return out
-        return compiled(x)
+        with inductor_config.patch(freezing=True), warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            return compiled(x)
     return run_compiled
 
 

@@ -188,8 +188,8 @@ def _to_output_pixels(img: np.ndarray, depth: int, extension: str) -> np.ndarray
 # --- the work ---------------------------------------------------------------------------------------------
 
 def build_upscaler(model_path: PathLike, *, backend: str = 'torch', tile: int = 0, tile_pad: int = 32,
-                   device: str = 'auto', precision: str = 'fp32', tta: bool = False,
-                   progress: bool = True) -> Upscaler:
+                   device: str = 'auto', precision: str = 'fp32', tta: bool = False, progress: bool = True,
+                   compile: bool = False) -> Upscaler:
     """An Upscaler for an LKSMN checkpoint (backend 'torch') or an .onnx file (backend 'onnxruntime')."""
     if backend not in BACKENDS:
         raise ValueError(f'--backend must be one of {list(BACKENDS)}, got {backend!r}')
@@ -197,16 +197,18 @@ def build_upscaler(model_path: PathLike, *, backend: str = 'torch', tile: int = 
     options = dict(tile=tile, tile_pad=tile_pad, precision=precision, tta=tta, progress=progress)
     if backend == 'onnxruntime':
         from lksmn_arch.export import OnnxModel
+        if compile:
+            raise ValueError('--compile is for the torch backend; an ONNX model is already compiled by ONNX Runtime')
         return Upscaler(OnnxModel(model_path, device=device), **options)
     if model_path.suffix.lower() == '.onnx':
         raise ValueError(f'-m {model_path} is an ONNX model; use --backend onnxruntime for it')
-    return Upscaler.from_checkpoint(str(model_path), device=device, **options)
+    return Upscaler.from_checkpoint(str(model_path), device=device, compile=compile, **options)
 
 
 def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathLike, model_path: PathLike, *,
                   tile: int = 0, tile_pad: int = 32, device: str = 'auto', precision: str = 'fp32',
                   tta: bool = False, suffix: Optional[str] = None, ext: str = 'auto', backend: str = 'torch',
-                  alpha: str = 'network', progress: bool = True) -> UpscaleReport:
+                  alpha: str = 'network', progress: bool = True, compile: bool = False) -> UpscaleReport:
     """Upscale the image files of ``inputs`` (files or folders) into ``output_dir``.
 
     ``suffix`` defaults to ``_x<scale>``. Per-file problems (unreadable image, output that would overwrite
@@ -222,7 +224,7 @@ def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathL
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f'output folder {output_dir} exists and is not a folder')
     upscaler = build_upscaler(model_path, backend=backend, tile=tile, tile_pad=tile_pad, device=device,
-                              precision=precision, tta=tta, progress=progress)
+                              precision=precision, tta=tta, progress=progress, compile=compile)
     suffix = f'_x{upscaler.scale}' if suffix is None else suffix
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -290,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='torch (a .pth checkpoint) or onnxruntime (an .onnx file from lksmn-export)')
     parser.add_argument('--alpha', default='network', choices=ALPHA_MODES,
                         help='how an alpha channel is upscaled: through the network (default) or bicubic')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the network (with freezing). Each new input size compiles once (tens '
+                        'of seconds on a CPU), so it pays off for many images of one size or for --tile; see the '
+                        'README\'s speed section')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
     return parser
 
@@ -300,7 +306,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         report = upscale_paths(args.input, args.output, args.model, tile=args.tile, tile_pad=args.tile_pad,
                                device=args.device, precision=args.precision, tta=args.tta, suffix=args.suffix,
-                               ext=args.ext, backend=args.backend, alpha=args.alpha, progress=not args.quiet)
+                               ext=args.ext, backend=args.backend, alpha=args.alpha, progress=not args.quiet,
+                               compile=args.compile)
     except (OSError, ValueError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2

@@ -174,3 +174,18 @@ def test_image_layouts_keep_their_channels(model):
 def test_bad_options_are_refused_naming_the_option(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Upscaler(Nearest(), **kwargs)
+
+
+def test_compiled_upscaler_gives_the_network_output_to_float_rounding():
+    torch.manual_seed(4)
+    small = LKSMN(upscale=2, num_feat=12, num_block=1, num_heads=2).eval()
+    x = torch.rand(1, 3, 10, 12)
+    with torch.no_grad():
+        expected = small(x)
+    compiled = Upscaler(small, device='cpu', compile=True, progress=False)
+    assert float((compiled.upscale_tensor(x) - expected).abs().max()) < 1e-4
+
+
+def test_compile_is_refused_for_an_onnx_runtime_network():
+    with pytest.raises(ValueError, match='compile are for PyTorch networks'):
+        Upscaler(lambda x: x, scale=2, compile=True)
