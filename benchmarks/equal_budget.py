@@ -719,6 +719,7 @@ def train_and_score(run: Run, paths: Dict[str, Path], scale: int, bicubic: Dict[
         except (OSError, ValueError, KeyError):
             pass
     test_yml = _write_yaml(run.root / 'options' / 'test.yml', run.options['test'])
+    shutil.rmtree(run.root / 'results', ignore_errors=True)  # an interrupted test's output (BasicSR would archive it)
     with captured_output(log):
         run_testing(['-opt', str(test_yml)], root_path=str(run.root))
     score = {**score_run(run, paths, scale, bicubic), **record, 'device': device}

@@ -279,4 +279,5 @@ def test_tiny_study_end_to_end_then_reused(tmp_path, capsys, monkeypatch, one_th
     assert eb.main(_tiny_args(tiny_hr, out, '--nets', TINY, '--no-timing')) == 0
     assert '[1/1] tiny seed 0: trained earlier, testing ...' in capsys.readouterr().out
     assert (out / 'runs' / 'tiny_x2_s0' / 'score.json').is_file()
+    assert [p.name for p in (out / 'runs' / 'tiny_x2_s0' / 'results').iterdir()] == ['tiny_x2_s0']  # none archived
     assert [p.stat().st_mtime_ns for p in checkpoints] == stamps
