@@ -137,10 +137,14 @@ def median(values: Sequence[float]) -> Optional[float]:
 
 
 def fastest_latency(models: Dict[str, nn.Module], input_shape: Sequence[int] = (1, 3, 180, 320), *,
-                    threads: Optional[int] = None, paths: Iterable[str] = ('channels_last', 'compile',
-                                                                          'compile_channels_last', 'eager'),
+                    threads: Optional[int] = None,
+                    paths: Iterable[str] = ('channels_last', 'compile', 'compile_channels_last'),
                     rounds: int = 5, warmup: int = 2) -> Dict[str, Tuple[str, float]]:
-    """{name: (fastest path, its median seconds)} of fp32 CPU ``models``, all paths interleaved in one process."""
+    """{name: (fastest path, its median seconds)} of fp32 CPU ``models``, all paths interleaved in one process.
+
+    The default paths leave out eager NCHW to save time: benchmarks/speed.py times it, and it is not a
+    network's fastest path there.
+    """
     if threads:
         torch.set_num_threads(threads)
     x = torch.rand(*input_shape)
