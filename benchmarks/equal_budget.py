@@ -44,7 +44,7 @@ from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from lksmn_arch.archs.lksmn_arch import LKSMN, SUPPORTED_SCALES
+from lksmn_arch.archs.lksmn_arch import LKSMN, NAMED_CONFIGS, SUPPORTED_SCALES
 from lksmn_arch.atomic import replace_atomically
 from lksmn_arch.checkpoint import load_state_dict
 from lksmn_arch.complexity import count_multi_adds, count_parameters, lr_size_for_output
@@ -83,14 +83,20 @@ class NetworkEntry:
     note: str = ''
 
 
-def _lksmn(note: str, **kwargs: Any) -> NetworkEntry:
+def _lksmn(note: str, base: str = 'v1', **overrides: Any) -> NetworkEntry:
+    """An LKSMN entry: a named configuration (lksmn_arch NAMED_CONFIGS) with some keywords changed.
+
+    Entries spell out every keyword, so that a change of LKSMN's defaults never changes what an entry trains.
+    """
+    kwargs = {key: [list(pair) for pair in value] if key == 'lkcd_kernels' else value
+              for key, value in {**NAMED_CONFIGS[base], **overrides}.items()}
     return NetworkEntry('LKSMN', kwargs, note)
 
 
 # The study's table. Add a line to add a built-in network; LKSMN entries get options/ablation/ files
 # (regenerate them with --write-options options/ablation). Keys must be plain names (see NAME_PATTERN).
 NETWORKS: Dict[str, NetworkEntry] = {
-    'v1': _lksmn("LKSMN's current defaults"),
+    'v1': _lksmn("LKSMN's first default (NAMED_CONFIGS['v1']); the ablations below change one thing of it"),
     'nomdta': _lksmn('no MDTA channel attention', mdta=False),
     'single_lkcd': _lksmn('single-scale LKCD (one group, reach 21)', lkcd_kernels=[[21, 3]]),
     'nomlfa': _lksmn('no MLFA (last block + long skip)', mlfa=False),
@@ -101,6 +107,7 @@ NETWORKS: Dict[str, NetworkEntry] = {
     'w36x8': _lksmn('8 blocks of 36 channels', num_feat=36, num_block=8),
     'w42x6': _lksmn('6 blocks of 42 channels, 3 heads', num_feat=42, num_block=6, num_heads=3),
     'w60x3': _lksmn('3 blocks of 60 channels', num_feat=60, num_block=3),
+    'v2': _lksmn("LKSMN's default since the study (NAMED_CONFIGS['v2'])", base='v2'),
     'safmn': NetworkEntry('SpandrelSAFMN', {}, "SAFMN (dim 36, 8 blocks), spandrel's class"),
     'span': NetworkEntry('SpandrelSPAN', {}, "SPAN (48 channels), spandrel's class"),
 }

@@ -17,7 +17,7 @@ from typing import Dict, List, Mapping, Tuple, Union
 
 import torch
 
-from lksmn_arch.archs.lksmn_arch import LKSMN, SUPPORTED_SCALES
+from lksmn_arch.archs.lksmn_arch import LKSMN, NAMED_CONFIGS, SUPPORTED_SCALES
 
 PathLike = Union[str, os.PathLike]
 StateDict = Dict[str, torch.Tensor]
@@ -31,8 +31,10 @@ REQUIRED_KEYS = (
     'blocks.0.msma.attention_in.weight',
     'upsampler.0.weight',
 )
-DEFAULT_LKCD_KERNELS = ((9, 2), (21, 3), (33, 4))
-DEFAULT_FFN_EXPANSION = 2.0
+# Where shapes allow several values, the ones of a named configuration (v2, then v1) are reported.
+KNOWN_LKCD_KERNELS = tuple(tuple(config['lkcd_kernels']) for config in reversed(list(NAMED_CONFIGS.values())))
+KNOWN_FFN_EXPANSIONS = tuple(float(config['ffn_expansion']) for config in reversed(list(NAMED_CONFIGS.values())))
+DEFAULT_FFN_EXPANSION = KNOWN_FFN_EXPANSIONS[0]
 DEFAULT_NUM_HEADS = 4
 
 _BLOCK_KEY = re.compile(r'^blocks\.(\d+)\.')
@@ -160,9 +162,11 @@ def _lkcd_kernel_size(local_kernel: int, dilated_kernel: int, group: int, num_gr
         return size + 1 - size % 2 == dilated_kernel
 
     candidates: List[Tuple[int, int]] = []
-    if num_groups == len(DEFAULT_LKCD_KERNELS):
-        candidates.append(DEFAULT_LKCD_KERNELS[group])
-    candidates.extend(DEFAULT_LKCD_KERNELS)
+    for known in KNOWN_LKCD_KERNELS:
+        if num_groups == len(known):
+            candidates.append(known[group])
+    for known in KNOWN_LKCD_KERNELS:
+        candidates.extend(known)
     for kernel, default_dilation in candidates:
         if default_dilation == dilation and fits(kernel):
             return kernel, dilation
@@ -172,7 +176,7 @@ def _lkcd_kernel_size(local_kernel: int, dilated_kernel: int, group: int, num_gr
 def _ffn_expansion(channels: int, hidden: int) -> float:
     """An expansion e with int(channels * e) == hidden (GatedFeedForward's width); 2.0 when it fits."""
     exact = hidden / channels
-    for candidate in (DEFAULT_FFN_EXPANSION, round(exact, 4), exact, (hidden + 0.5) / channels):
+    for candidate in (*KNOWN_FFN_EXPANSIONS, round(exact, 4), exact, (hidden + 0.5) / channels):
         if candidate > 0 and int(channels * candidate) == hidden:
             return float(candidate)
     raise CheckpointError(f'no ffn_expansion gives a hidden width of {hidden} for {channels} channels')

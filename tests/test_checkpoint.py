@@ -3,14 +3,12 @@ import pytest
 import torch
 
 import lksmn_arch  # noqa: F401  (compat fixes, registry)
-from lksmn_arch.archs.lksmn_arch import LKSMN
+from lksmn_arch.archs.lksmn_arch import LKSMN, NAMED_CONFIGS
 from lksmn_arch.checkpoint import (CheckpointError, build_model_from_checkpoint, infer_lksmn_config,
                                    load_state_dict)
 
 SMALL = dict(num_feat=24, num_block=2)
-DEFAULTS = dict(upscale=4, num_in_ch=3, num_out_ch=3, num_feat=48, num_block=5,
-                lkcd_kernels=((9, 2), (21, 3), (33, 4)), num_heads=4, ffn_expansion=2.0, norm='layernorm',
-                ffn='gated_dconv', mdta=True, mlfa=True)
+DEFAULTS = dict(upscale=4, num_in_ch=3, num_out_ch=3, **NAMED_CONFIGS['v2'])
 
 
 class RunsCodeWhenUnpickled:
@@ -41,8 +39,8 @@ def test_scale_and_config_read_back_from_basicsr_checkpoint_rebuild_identical_mo
     model, config = build_model_from_checkpoint(path)
 
     assert config == {'upscale': scale, 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 24, 'num_block': 2,
-                      'lkcd_kernels': ((9, 2), (21, 3), (33, 4)), 'num_heads': 4, 'ffn_expansion': 2.0,
-                      'norm': 'layernorm', 'ffn': 'gated_dconv', 'mdta': True, 'mlfa': True}
+                      'lkcd_kernels': ((9, 3), (15, 3), (21, 3)), 'num_heads': 4, 'ffn_expansion': 1.95,
+                      'norm': 'batchnorm', 'ffn': 'conv_mixer', 'mdta': True, 'mlfa': True}
     assert not model.training
     _same_outputs(original, model, scale)
 
@@ -77,10 +75,21 @@ def test_non_default_hyperparameters_are_inferred_well_enough_to_rebuild_the_sam
         assert torch.equal(original(x), model(x))
 
 
-def test_default_lkcd_kernels_are_preferred_when_the_shapes_fit():
-    # (7, 2) and (9, 2) build the same LKCD; the default (9, 2) is reported
+def test_named_configuration_kernels_are_preferred_when_the_shapes_fit():
+    # (7, 2) and (9, 2) build the same LKCD; v1's (9, 2) is reported
     model = LKSMN(num_feat=24, num_block=1, lkcd_kernels=((7, 2), (19, 3), (36, 4)))
     assert infer_lksmn_config(model.state_dict())['lkcd_kernels'] == ((9, 2), (21, 3), (33, 4))
+
+
+@pytest.mark.parametrize('name', ['v1', 'v2'])
+def test_checkpoint_of_each_named_default_rebuilds_exactly_that_configuration(tmp_path, name):
+    torch.manual_seed(7)
+    original = LKSMN(upscale=4, **NAMED_CONFIGS[name]).eval()
+    path = tmp_path / f'{name}.pth'
+    torch.save({'params': original.state_dict(), 'params_ema': original.state_dict()}, path)
+    model, config = build_model_from_checkpoint(path)
+    assert config == {'upscale': 4, 'num_in_ch': 3, 'num_out_ch': 3, **NAMED_CONFIGS[name]}
+    _same_outputs(original, model, 4)
 
 
 def test_params_ema_is_preferred_over_params(tmp_path):
@@ -164,8 +173,8 @@ def test_file_without_a_state_dict_is_refused(tmp_path):
 
 def test_mismatching_tensor_shape_is_reported_with_the_file(tmp_path):
     state = LKSMN(**SMALL).state_dict()
-    state['blocks.1.ffn.dwconv.weight'] = torch.zeros(7, 1, 3, 3)
+    state['blocks.1.ffn.spatial.weight'] = torch.zeros(7, 24, 3, 3)
     path = tmp_path / 'tampered.pth'
     torch.save({'params': state}, path)
-    with pytest.raises(CheckpointError, match='(?s)tampered.pth.*size mismatch for blocks.1.ffn.dwconv.weight'):
+    with pytest.raises(CheckpointError, match='(?s)tampered.pth.*size mismatch for blocks.1.ffn.spatial.weight'):
         build_model_from_checkpoint(path)

@@ -16,6 +16,7 @@ import lksmn_arch  # noqa: F401  (compat fixes before basicsr)
 from basicsr.archs import build_network
 from basicsr.utils.matlab_functions import imresize
 
+from lksmn_arch.archs.lksmn_arch import LKSMN, NAMED_CONFIGS
 from lksmn_arch.complexity import count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,10 +176,13 @@ def test_help_explains_defaults_outputs_resuming_and_timing(capsys):
 
 def test_specs_extend_built_in_entries_and_scale_with_the_upscale():
     network = eb.parse_network('w42x6_nomdta=w42x6:{"mdta": false}')
-    assert network.kwargs == {'num_feat': 42, 'num_block': 6, 'num_heads': 3, 'mdta': False}
+    v1 = {key: [list(p) for p in value] if key == 'lkcd_kernels' else value for key, value in NAMED_CONFIGS['v1'].items()}
+    assert network.kwargs == {**v1, 'num_feat': 42, 'num_block': 6, 'num_heads': 3, 'mdta': False}
     assert network.options(3) == {'type': 'LKSMN', 'upscale': 3, **network.kwargs}
     x4, x2 = eb.check_network(eb.parse_network('v1'), 4), eb.check_network(eb.parse_network('v1'), 2)
-    assert x4['params'] == count_parameters(build_network({'type': 'LKSMN', 'upscale': 4}))
+    assert x4['params'] == count_parameters(build_network({'type': 'LKSMN', 'upscale': 4, **NAMED_CONFIGS['v1']}))
+    v2 = eb.check_network(eb.parse_network('v2'), 4)
+    assert v2['params'] == count_parameters(build_network({'type': 'LKSMN', 'upscale': 4}))  # today's default
     assert x2['params'] < x4['params'] and x2['multi_adds'] > x4['multi_adds']
 
 
@@ -240,7 +244,8 @@ def test_tiny_study_end_to_end_then_reused(tmp_path, capsys, monkeypatch, one_th
     results = json.loads((out / 'results.json').read_text())
     rows = {row['name']: row for row in results['networks']}
     assert list(rows) == ['tiny', second_name]
-    assert rows['tiny']['params'] == 6_938 and rows['tiny']['latency']['path'] == 'eager'
+    tiny_params = count_parameters(LKSMN(upscale=2, num_feat=12, num_block=1, lkcd_kernels=[[9, 2], [21, 3]], num_heads=2))
+    assert rows['tiny']['params'] == tiny_params and rows['tiny']['latency']['path'] == 'eager'
     assert [run['seed'] for run in rows['tiny']['runs']] == [0]
     assert len(results['bicubic']['per_image']) == 2 and 25 < results['bicubic']['psnr'] < 60
     for row in rows.values():

@@ -51,13 +51,18 @@ def test_fused_network_matches_the_training_form_on_odd_sizes(variant, scale):
 
 
 def test_fusing_removes_the_norm_affines_and_merges_parallel_convs():
-    model = LKSMN(num_feat=24, num_block=1).fuse_for_inference()
-    block = model.blocks[0]
+    block = LKSMN(num_feat=24, num_block=1, norm='layernorm').fuse_for_inference().blocks[0]
     assert block.norm_spatial.weight is None and block.norm_channel.weight is None
     assert not hasattr(block.msma, 'attention_in') and block.msma.attention_value.out_channels == 48
     assert block.msma.pointwise.groups == 3 and block.mdta.projection_folded
-    assert isinstance(LKSMN(norm='batchnorm', num_feat=24, num_block=1).fuse_for_inference().blocks[0].norm_spatial,
-                      torch.nn.Identity)
+    # the default: BatchNorm folds away before 1x1 convs; the groups share dilation 3, so all depthwise convs merge
+    block = LKSMN(num_feat=24, num_block=1).fuse_for_inference().blocks[0]
+    assert isinstance(block.norm_spatial, torch.nn.Identity) and isinstance(block.norm_channel, torch.nn.Identity)
+    assert block.msma.local.in_channels == 24 and block.msma.dilated.in_channels == 24
+    assert block.msma.local.kernel_size == (5, 5) and block.msma.dilated.kernel_size == (7, 7)
+    # groups with different dilations keep their own dilated convs
+    block = LKSMN(num_feat=24, num_block=1, lkcd_kernels=((9, 2), (21, 3), (33, 4))).fuse_for_inference().blocks[0]
+    assert block.msma.dilated is None and block.msma.local.kernel_size == (7, 7)
 
 
 def test_fused_network_refuses_training_and_fusing_twice_is_harmless():

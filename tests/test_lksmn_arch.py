@@ -7,7 +7,8 @@ import torch
 import yaml
 
 import lksmn_arch  # noqa: F401
-from lksmn_arch.archs.lksmn_arch import LKCD, LKSMN, MDTA, MLFA, MSMA, GatedFeedForward, PixelShuffleUpsampler
+from lksmn_arch.archs.lksmn_arch import (LKCD, LKSMN, MDTA, MLFA, MSMA, NAMED_CONFIGS, ConvChannelMixer,
+                                         GatedFeedForward, LayerNorm2d, PixelShuffleUpsampler)
 
 PAPER_X4_PARAMETERS = 253_000
 
@@ -27,21 +28,68 @@ def test_output_is_exactly_upscale_times_input(small_models, scale, batch, heigh
     assert torch.isfinite(out).all()
 
 
-def test_default_x4_parameter_count_is_within_one_percent_of_paper():
-    count = sum(p.numel() for p in LKSMN(upscale=4).parameters())
-    print(f'LKSMN x4 default parameters: {count:,} (paper: {PAPER_X4_PARAMETERS:,})')
+def _trainable(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize('config', [{}, NAMED_CONFIGS['v1'], NAMED_CONFIGS['v2']], ids=['default', 'v1', 'v2'])
+def test_default_and_named_x4_parameter_counts_are_within_one_percent_of_paper(config):
+    count = _trainable(LKSMN(upscale=4, **config))
+    print(f'LKSMN x4 {config or "default"} parameters: {count:,} (paper: {PAPER_X4_PARAMETERS:,})')
     assert abs(count - PAPER_X4_PARAMETERS) / PAPER_X4_PARAMETERS < 0.01
 
 
-def test_network_contains_every_named_part_of_the_paper():
-    model = LKSMN()
+def test_default_is_the_named_configuration_v2():
+    default, v2 = LKSMN().state_dict(), LKSMN(**NAMED_CONFIGS['v2']).state_dict()
+    assert {k: v.shape for k, v in default.items()} == {k: v.shape for k, v in v2.items()}
+
+
+@pytest.mark.parametrize('config', [{}, NAMED_CONFIGS['v1']], ids=['default', 'v1'])
+def test_network_contains_every_named_part_of_the_paper(config):
+    model = LKSMN(**config)
     kinds = {type(m) for m in model.modules()}
-    assert {LKCD, MSMA, MDTA, GatedFeedForward, MLFA, PixelShuffleUpsampler} <= kinds
-    # LKCD: depthwise local, depthwise dilated, pointwise, as VAN decomposes a large kernel
-    lkcd = model.blocks[0].msma.lkcd[1]
+    assert {LKCD, MSMA, MDTA, MLFA, PixelShuffleUpsampler} <= kinds
+    assert GatedFeedForward in kinds or ConvChannelMixer in kinds
+    # LKCD: depthwise local, depthwise dilated, pointwise, as VAN decomposes a large kernel; several reaches
+    lkcds = model.blocks[0].msma.lkcd
+    assert len({lkcd.dilated.kernel_size for lkcd in lkcds}) == len(lkcds) > 1
+    lkcd = lkcds[1]
     assert lkcd.local.groups == lkcd.local.in_channels and lkcd.local.kernel_size == (5, 5)
     assert lkcd.dilated.groups == lkcd.dilated.in_channels and lkcd.dilated.dilation == (3, 3)
-    assert lkcd.dilated.kernel_size == (7, 7) and lkcd.pointwise.kernel_size == (1, 1)
+    assert lkcd.pointwise.kernel_size == (1, 1)
+
+
+# Every variant the design study trains (options/ablation/): shapes at every scale, and a parameter count that
+# only changes where the variant says it does.
+VARIANTS = {
+    'nomdta': dict(mdta=False), 'single_lkcd': dict(lkcd_kernels=((21, 3),)), 'nomlfa': dict(mlfa=False),
+    'gated_dconv': dict(ffn='gated_dconv', ffn_expansion=2.0), 'ffn_none': dict(ffn='none'),
+    'layernorm': dict(norm='layernorm'), 'norm_none': dict(norm='none'), 'w36x8': dict(num_feat=36, num_block=8),
+    'w42x6': dict(num_feat=42, num_block=6, num_heads=3), 'w60x3': dict(num_feat=60, num_block=3),
+}
+
+
+@pytest.mark.parametrize('base', ['v1', 'v2'])
+@pytest.mark.parametrize('variant', list(VARIANTS))
+def test_every_study_variant_builds_runs_and_counts_what_it_removes(base, variant):
+    config = {**NAMED_CONFIGS[base], **VARIANTS[variant]}
+    model = LKSMN(upscale=3, **config).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 5, 7)).shape == (1, 3, 15, 21)
+    reference = LKSMN(upscale=3, **NAMED_CONFIGS[base])
+    blocks = len(model.blocks)
+    if variant == 'nomdta':
+        removed = sum(_trainable(b.mdta) + _trainable(b.norm_channel) for b in reference.blocks)
+        assert _trainable(reference) - _trainable(model) == removed
+    if variant == 'nomlfa':
+        assert _trainable(reference) - _trainable(model) == _trainable(reference.mlfa)
+    if variant == 'ffn_none':
+        removed = sum(_trainable(b.ffn) + _trainable(b.norm_ffn) for b in reference.blocks)
+        assert _trainable(reference) - _trainable(model) == removed
+    if variant == 'norm_none':
+        assert not any(isinstance(m, (torch.nn.BatchNorm2d, LayerNorm2d)) for m in model.modules())
+    if variant.startswith('w'):
+        assert blocks == config['num_block'] and model.conv_first.out_channels == config['num_feat']
 
 
 def test_builds_through_basicsr_registry_from_yaml():
@@ -107,7 +155,8 @@ def test_every_parameter_receives_a_gradient():
     torch.manual_seed(2)
     model = LKSMN(upscale=4, num_feat=24, num_block=2)
     model(torch.rand(2, 3, 12, 10)).abs().mean().backward()
-    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    missing = [name for name, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert not missing
 
 
