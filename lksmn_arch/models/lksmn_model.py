@@ -6,8 +6,8 @@ On top of ``SRModel`` (same option keys, same files, same checkpoint formats):
 * ``net_g_<iter>.pth`` and ``training_states/<iter>.state`` are written atomically (``atomic.atomic_save``),
   and a save that fails stops the run with ``CheckpointSaveError`` instead of BasicSR's "Just ignore it";
 * the models and training-states folders are checked writable when training starts;
-* an iteration whose loss or gradients are not finite changes nothing (no optimizer step, no EMA update)
-  and is logged; ``train.max_nonfinite_steps`` (default 20) consecutive ones stop the run with
+* an iteration whose loss or gradients are not finite changes nothing (no optimizer step, no EMA update, and
+  the statistics its forward pass updated, such as BatchNorm's, are put back) and is logged; ``train.max_nonfinite_steps`` (default 20) consecutive ones stop the run with
   ``NonFiniteLossError``; non-finite weights are never saved;
 * SIGTERM or SIGINT during training: the current iteration finishes, a training state and ``net_g`` are
   saved for it and the process exits with status 128 + signal number (143 for SIGTERM, 130 for SIGINT),
@@ -281,6 +281,7 @@ class LKSMNModel(SRModel):
     def optimize_parameters(self, current_iter: int) -> None:
         """SRModel's step, skipped when the loss or a gradient is not finite; stops on a recorded signal."""
         self.optimizer_g.zero_grad()
+        forward_state = self._forward_state()
         self.output = self.net_g(self.lq)
 
         l_total = 0
@@ -305,6 +306,7 @@ class LKSMNModel(SRModel):
 
         if skip:
             self.optimizer_g.zero_grad(set_to_none=True)
+            self._restore_forward_state(forward_state)
         else:
             self.optimizer_g.step()
             if self.ema_decay > 0:
@@ -317,6 +319,20 @@ class LKSMNModel(SRModel):
             self._nonfinite_steps = 0
         if signum:
             self._save_and_stop(current_iter, signum)
+
+    def _forward_state(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """(tensor, copy) for what the forward pass itself may change: buffers and parameters that take no
+        gradient, such as BatchNorm running statistics (LKSMN keeps them as frozen parameters for EMA)."""
+        net = self.get_bare_model(self.net_g)
+        tensors = [*net.buffers(), *(p for p in net.parameters() if not p.requires_grad)]
+        return [(t, t.detach().clone()) for t in tensors]
+
+    @staticmethod
+    def _restore_forward_state(state: List[Tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Undo what the forward pass of a skipped step changed (statistics that may now hold NaN/Inf)."""
+        with torch.no_grad():
+            for tensor, saved in state:
+                tensor.copy_(saved)
 
     def _agree(self, skip: bool, signum: Optional[int]) -> Tuple[bool, Optional[int]]:
         """In distributed runs, skip if any rank saw a non-finite value; stop if any rank got a signal."""
