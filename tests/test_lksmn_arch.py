@@ -203,3 +203,22 @@ def test_layer_norm_gives_the_same_result_eager_and_under_compilation(monkeypatc
     reference = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (8,), norm.weight, norm.bias, 1e-6)
     assert torch.allclose(eager, compiled_branch, atol=1e-5)
     assert torch.allclose(eager, reference.permute(0, 3, 1, 2), atol=1e-6)
+
+
+def test_batchnorm_statistics_reach_basicsr_ema_and_stay_out_of_the_optimizer():
+    """BasicSR's model_ema averages named_parameters() only; LKSMN's BatchNorm statistics must be among them."""
+    import copy
+    import types
+
+    from basicsr.models.base_model import BaseModel
+    torch.manual_seed(5)
+    net = LKSMN(upscale=2, num_feat=12, num_block=1, num_heads=2)
+    ema = copy.deepcopy(net).eval()
+    net.train()
+    net(torch.rand(4, 3, 8, 8) * 3 + 1)  # a training step's forward moves the running statistics
+    stats = net.blocks[0].norm_spatial.running_mean
+    assert not stats.requires_grad and not torch.equal(stats, ema.blocks[0].norm_spatial.running_mean)
+    fake = types.SimpleNamespace(net_g=net, net_g_ema=ema, get_bare_model=lambda n: n)
+    BaseModel.model_ema(fake, decay=0.5)
+    assert torch.allclose(ema.blocks[0].norm_spatial.running_mean, 0.5 * stats)  # EMA of (0 initially, stats)
+    assert all(p.requires_grad == ('running_' not in name) for name, p in net.named_parameters())
