@@ -578,7 +578,7 @@ def test_pretrained_weights_carrying_pickled_code_are_refused(finished_run, driv
     write_yaml(tmp_path / 'train.yml', opt)
     result = _run(driver, tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
-    assert f'lksmn-train: error: refusing checkpoint {tmp_path / "pretrained.pth"}: torch.load(weights_only=True) refused it' \
+    assert f'lksmn-train: error: refusing checkpoint {pretrained}: torch.load(weights_only=True) refused it' \
         in result.stderr
     assert 'Traceback' not in result.stderr
     assert not marker.exists()

@@ -7,8 +7,9 @@ On top of ``SRModel`` (same option keys, same files, same checkpoint formats):
   and a save that fails stops the run with ``CheckpointSaveError`` instead of BasicSR's "Just ignore it";
 * the models and training-states folders are checked writable when training starts;
 * an iteration whose loss or gradients are not finite changes nothing (no optimizer step, no EMA update, and
-  the statistics its forward pass updated, such as BatchNorm's, are put back) and is logged; ``train.max_nonfinite_steps`` (default 20) consecutive ones stop the run with
-  ``NonFiniteLossError``; non-finite weights are never saved;
+  the statistics its forward pass updated, such as BatchNorm's, are put back) and is logged;
+  ``train.max_nonfinite_steps`` (default 20) consecutive ones stop the run with ``NonFiniteLossError``;
+  non-finite weights are never saved;
 * SIGTERM or SIGINT during training: the current iteration finishes, a training state and ``net_g`` are
   saved for it and the process exits with status 128 + signal number (143 for SIGTERM, 130 for SIGINT),
   saying how to resume; a second signal exits at once without saving, and any signal after the save ends the
