@@ -49,6 +49,9 @@ MEMORY_SIZE = (540, 960)  # 3840x2160 output
 QUICK_MEMORY_SIZE = (270, 480)  # 1920x1080 output
 PEERS = ('SAFMN', 'SPAN', 'SwinIR-light')
 TRAINING_FORM = 'eager (training form)'
+# (network, path) pairs that take the whole process down, so they are reported, not run
+NOT_RUN = {('SPAN', 'onnxruntime'): 'not run: the exported SPAN crashes this process (segmentation fault) when '
+           'ONNX Runtime 1.31 builds or runs it'}
 BF16_CPU_PATHS = ('bf16 channels_last', 'bf16 compile_channels_last')
 GPU_HALF_PATHS = ('fp16 channels_last', 'bf16 channels_last')
 
@@ -147,6 +150,9 @@ def measure_latency(nets: Dict[str, nn.Module], x: torch.Tensor, *, rounds: int,
                     continue
                 key = f'{name}|{path}'
                 rows[key] = Row(name, path, params, multi_adds)
+                if (name, path) in NOT_RUN:
+                    rows[key].note = NOT_RUN[(name, path)]
+                    continue
                 try:
                     forwards[key] = _forward_for(model, path, x.device, threads, Path(workdir))
                 except Exception as error:  # an export that fails: a row note, not the end of the run
