@@ -76,7 +76,11 @@ def compile_for_inference(function: Forward) -> Forward:
 
     Freezing is read when a graph is compiled, which happens at a call, so every call runs under it.
     """
+    import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
+    # Every compiled path of a benchmark traces the same code objects (this module's closures, each network
+    # class's forward); past dynamo's recompile limit (8) later ones would silently run eager.
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 256)
     compiled = torch.compile(function)
 
     def run_compiled(x: torch.Tensor) -> torch.Tensor:

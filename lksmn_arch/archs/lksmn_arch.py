@@ -428,9 +428,10 @@ class LKSMN(nn.Module):
     3x3 conv and PixelShuffle. The default has 251,427 parameters at x4 (253K - 0.6%).
 
     In the study (demo recipe, 2000 iterations, 2 seeds, held-out photos, x4) this default gained +1.17 dB over
-    bicubic against +1.09 dB for the first default (``NAMED_CONFIGS['v1']``: 5 blocks, LayerNorm, Restormer's
-    gated-dconv feed-forward, LKCD reach 9/21/33 with dilations 2/3/4), and runs faster on every path
-    (benchmarks/speed.py). ``LKSMN(**NAMED_CONFIGS['v1'])`` builds that first default.
+    bicubic against +1.08 dB for the first default (``NAMED_CONFIGS['v1']``: 5 blocks, LayerNorm, Restormer's
+    gated-dconv feed-forward, LKCD reach 9/21/33 with dilations 2/3/4) and +0.64 dB for SAFMN; LayerNorm in
+    its place gave +1.03 dB. benchmarks/speed.py: 1.6-1.9x faster than v1 on every path; its fastest fp32 CPU
+    path is 1.37x SAFMN's. ``LKSMN(**NAMED_CONFIGS['v1'])`` builds the first default.
 
     Args:
         upscale: scale factor, 2, 3 or 4.
