@@ -121,7 +121,10 @@ class BatchNorm2d(nn.BatchNorm2d):
     BasicSR's ``model_ema`` averages ``named_parameters()`` only: with buffers, the EMA network (``params_ema``,
     what test option files load) would keep the initial statistics (mean 0, variance 1) for ever. As parameters
     with ``requires_grad=False`` they are averaged like the weights, in any BasicSR model, and the optimizer
-    leaves them alone (BasicSR logs "will not be optimized" for each). State-dict keys are unchanged.
+    leaves them alone (BasicSR logs "will not be optimized" for each).
+
+    It has no buffers at all (``num_batches_tracked`` is only used with ``momentum=None``): DDP broadcasts
+    buffers at every forward, and BasicSR validates on rank 0 alone, so a buffer would hang that broadcast.
     """
 
     def __init__(self, channels: int) -> None:
@@ -129,6 +132,14 @@ class BatchNorm2d(nn.BatchNorm2d):
         mean, var = self._buffers.pop('running_mean'), self._buffers.pop('running_var')
         self.running_mean = nn.Parameter(mean, requires_grad=False)
         self.running_var = nn.Parameter(var, requires_grad=False)
+        del self._buffers['num_batches_tracked']
+        self.num_batches_tracked = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        # earlier versions wrote num_batches_tracked (unused); BatchNorm's own loader would even add it back
+        # for files without version metadata, so the plain Module loader is used
+        state_dict.pop(prefix + 'num_batches_tracked', None)
+        nn.Module._load_from_state_dict(self, state_dict, prefix, *args, **kwargs)
 
 
 def _make_norm(kind: str, channels: int) -> nn.Module:
