@@ -137,7 +137,7 @@ def _forward_for(model: nn.Module, path: str, device: torch.device, threads: int
 # --- phase 1: latency --------------------------------------------------------------------------------------
 
 def measure_latency(nets: Dict[str, nn.Module], x: torch.Tensor, *, rounds: int, warmup: int, threads: int,
-                    bf16: bool, only: Optional[Tuple[str, str]] = None) -> List[Row]:
+                    bf16: bool, pause: float = 0.0, only: Optional[Tuple[str, str]] = None) -> List[Row]:
     """Phase 1: one Row per (network, path), all interleaved."""
     rows: Dict[str, Row] = {}
     forwards = {}
@@ -160,7 +160,7 @@ def measure_latency(nets: Dict[str, nn.Module], x: torch.Tensor, *, rounds: int,
                     print(f'  {key}: {rows[key].note}', flush=True)
         print(f'# timing {len(forwards)} (network, path) pairs interleaved: {warmup} warm-up + {rounds} rounds',
               flush=True)
-        times, first = time_interleaved(forwards, x, rounds=rounds, warmup=warmup,
+        times, first = time_interleaved(forwards, x, rounds=rounds, warmup=warmup, pause=pause,
                                         on_progress=lambda line: print(f'  {line}', flush=True))
     for key, values in times.items():
         row = rows[key]
@@ -337,7 +337,7 @@ def _annotate(rows: List[Row]) -> None:
 # --- plain cross-check -------------------------------------------------------------------------------------
 
 def plain_timing(name: str, path: str, *, rounds: int, warmup: int, threads: int, device: torch.device,
-                 size: Tuple[int, int], lksmn_configs: Dict[str, dict]) -> Optional[float]:
+                 pause: float, size: Tuple[int, int], lksmn_configs: Dict[str, dict]) -> Optional[float]:
     """Median ms of one network on one path, alone in this process: the reference a table row must match."""
     peers = [name] if name in PEERS else []
     configs = {name: lksmn_configs[name]} if name in lksmn_configs else {}
@@ -347,12 +347,12 @@ def plain_timing(name: str, path: str, *, rounds: int, warmup: int, threads: int
     x = torch.rand(1, 3, *size, device=device)
     with tempfile.TemporaryDirectory() as workdir:
         forward = _forward_for(nets[name], path, device, threads, Path(workdir))
-        times, _ = time_interleaved({name: forward}, x, rounds=rounds, warmup=warmup)
+        times, _ = time_interleaved({name: forward}, x, rounds=rounds, warmup=warmup, pause=pause)
     return median([t * 1000 for t in times[name]])
 
 
 def cross_check(rows: List[Row], names: Sequence[str], rounds: int, warmup: int, threads: int,
-                size: str) -> List[Dict]:
+                size: str, pause: float) -> List[Dict]:
     """Re-time each network's fastest fp32 row alone in a fresh process; report the difference."""
     checks = []
     for name in names:
@@ -360,7 +360,7 @@ def cross_check(rows: List[Row], names: Sequence[str], rounds: int, warmup: int,
         if row is None:
             continue
         command = [sys.executable, __file__, '--plain', name, row.path, '--rounds', str(rounds), '--warmup',
-                   str(warmup), '--threads', str(threads), '--size', size]
+                   str(warmup), '--threads', str(threads), '--size', size, '--pause', str(pause)]
         result = subprocess.run(command, capture_output=True, text=True)
         try:
             plain = float(result.stdout.strip().splitlines()[-1])
@@ -388,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='smoke run: 1 warm-up round, 2 timed rounds, memory test at 480x270 -> 1920x1080')
     parser.add_argument('--rounds', type=int, default=None, help='timed rounds (default 10; 2 with --quick)')
     parser.add_argument('--warmup', type=int, default=None, help='warm-up rounds (default 3; 1 with --quick)')
+    parser.add_argument('--pause', type=float, default=0.1,
+                        help='idle seconds before each timed call (default 0.1), so that spin-waiting thread pools '
+                        '(OpenMP, ONNX Runtime) of the previous row are asleep; the cross-check uses the same')
     parser.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='default auto')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads for torch and ONNX Runtime '
                         '(default: torch.get_num_threads())')
@@ -471,7 +474,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.plain:
         name, path = args.plain
         try:
-            print(f'{plain_timing(name, path, rounds=rounds, warmup=warmup, threads=threads, device=device, size=lr_size, lksmn_configs=configs):.3f}')
+            print(f'{plain_timing(name, path, rounds=rounds, warmup=warmup, threads=threads, device=device, pause=args.pause, size=lr_size, lksmn_configs=configs):.3f}')
         except ValueError as error:
             print(f'error: {error}', file=sys.stderr)
             return 2
@@ -482,11 +485,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.manual_seed(0)
     x = torch.rand(1, 3, *lr_size, device=device)
     header = (f'# {machine_line(machine)}\n# {lr_size[1]}x{lr_size[0]} -> {lr_size[1] * SCALE}x{lr_size[0] * SCALE}, '
-              f'batch 1; median of {rounds} interleaved rounds after {warmup} warm-up rounds')
+              f'batch 1; median of {rounds} interleaved rounds after {warmup} warm-up rounds, '
+              f'{args.pause:g} s idle before each call')
     print(header, flush=True)
 
     rows = measure_latency(nets, x, rounds=rounds, warmup=warmup, threads=threads,
-                           bf16=not args.no_bf16 and device.type == 'cpu')
+                           bf16=not args.no_bf16 and device.type == 'cpu', pause=args.pause)
     _annotate(rows)
     baseline = fastest_fp32(rows, 'SAFMN')
     lksmn_name = next(iter(configs))
@@ -500,7 +504,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.no_cross_check:
         print('\n# cross-check: each network\'s fastest fp32 row re-timed alone in a fresh process', flush=True)
         checks = cross_check(rows, [n for n in (lksmn_name, 'SAFMN') if n in nets], rounds, warmup, threads,
-                             args.size)
+                             args.size, args.pause)
 
     pinned = device.type == 'cuda' or pin_malloc_thresholds()
     print('\n# peak memory of one forward (after all timing)', flush=True)
@@ -536,7 +540,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         Path(args.markdown).write_text(text + '\n')
     if args.json:
         report = {'machine': machine, 'input': list(x.shape), 'scale': SCALE, 'rounds': rounds, 'warmup': warmup,
-                  'lksmn_configs': configs, 'rows': [asdict(r) for r in rows],
+                  'pause_s': args.pause, 'lksmn_configs': configs, 'rows': [asdict(r) for r in rows],
                   'baseline': asdict(baseline) if baseline else None, 'profile': profile, 'cross_check': checks,
                   'memory_size': list(memory_size) if memory_size else None, 'memory': memory}
         Path(args.json).write_text(json.dumps(report, indent=1) + '\n')

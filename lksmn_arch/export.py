@@ -21,7 +21,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -164,6 +164,27 @@ def max_abs_difference(model: nn.Module, onnx_path: PathLike,
     return worst
 
 
+def export_checkpoint(checkpoint: PathLike, onnx_path: PathLike, *, opset: int = DEFAULT_OPSET,
+                      verify: bool = True) -> Tuple[Path, Dict[str, Any], Optional[float]]:
+    """Export an LKSMN checkpoint's exact inference form (``fuse_for_inference``) to ``onnx_path``.
+
+    With ``verify``, ONNX Runtime's output is compared with the training form's on ``VERIFY_SHAPES``; a
+    difference of ``VERIFY_TOLERANCE`` or more removes the file and raises ValueError. Returns (path, the
+    network's configuration, the max abs difference or None).
+    """
+    model, config = build_model_from_checkpoint(checkpoint)
+    metadata = {'lksmn_scale': str(config['upscale']), 'lksmn_config': json.dumps(config)}
+    path = export_onnx(copy.deepcopy(model).fuse_for_inference(), onnx_path, opset=opset, metadata=metadata)
+    if not verify:
+        return path, config, None
+    diff = max_abs_difference(model, path)
+    if not diff < VERIFY_TOLERANCE:
+        path.unlink()
+        raise ValueError(f'the ONNX export of {checkpoint} differs from PyTorch by {diff:.2e} (tolerance '
+                         f'{VERIFY_TOLERANCE:g}); the file was removed')
+    return path, config, diff
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='lksmn-export',
@@ -181,13 +202,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``lksmn-export``; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        model, config = build_model_from_checkpoint(args.model)
-        metadata = {'lksmn_scale': str(config['upscale']), 'lksmn_config': json.dumps(config)}
-        # the exported graph is the exact inference form; the check below compares it with the training form
-        path = export_onnx(copy.deepcopy(model).fuse_for_inference(), args.onnx, opset=args.opset, metadata=metadata)
+        # the exported graph is the exact inference form; the check compares it with the training form
+        path, config, diff = export_checkpoint(args.model, args.onnx, opset=args.opset, verify=False)
         print(f'wrote {path} (x{config["upscale"]}, opset {args.opset}, dynamic batch/height/width, fused for '
               f'inference)')
         if not args.no_verify:
+            model, _ = build_model_from_checkpoint(args.model)
             diff = max_abs_difference(model, path)
             shapes = ', '.join(f'{b}x{h}x{w}' for b, h, w in VERIFY_SHAPES)
             print(f'ONNX Runtime vs PyTorch, max abs difference on {shapes}: {diff:.2e}')

@@ -96,9 +96,13 @@ def _sync(device: torch.device) -> None:
 
 
 def time_interleaved(forwards: Dict[str, Forward], x: torch.Tensor, *, rounds: int = 10, warmup: int = 3,
-                     on_progress: Optional[Callable[[str], None]] = None
+                     pause: float = 0.0, on_progress: Optional[Callable[[str], None]] = None
                      ) -> Tuple[Dict[str, List[float]], Dict[str, float]]:
     """Seconds per call of each forward, timed in ``rounds`` round-robin rounds after ``warmup`` rounds.
+
+    ``pause`` seconds of idling precede each call, untimed: thread pools that spin-wait after a call
+    (OpenMP's, ONNX Runtime's) go idle before the next network starts, so no row pays for the previous
+    row's spinning threads, and a row timed alone meets the same conditions as in the interleaved rounds.
 
     Returns (times per name, seconds of each forward's first call: compilation, allocator warm-up). A
     forward that raises is dropped from later rounds and reported in its times as an empty list.
@@ -123,6 +127,8 @@ def time_interleaved(forwards: Dict[str, Forward], x: torch.Tensor, *, rounds: i
                 on_progress(f'{name}: first call {first[name]:.2f} s')
         for round_index in range(warmup + rounds):
             for name, forward in alive.items():
+                if pause > 0:
+                    time.sleep(pause)
                 start = time.perf_counter()
                 forward(x)
                 _sync(x.device)

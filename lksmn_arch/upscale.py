@@ -3,6 +3,11 @@
     lksmn-upscale -i photos/ -o photos_x4/ -m net_g_latest.pth --tile 256
     python -m lksmn_arch.upscale -i photo.jpg -o out/ -m lksmn_x4.onnx --backend onnxruntime
 
+Backend: ``--backend auto`` (the default) runs the fastest fp32 path that needs no up-front cost per input
+size: on the CPU, ONNX Runtime on an export of the checkpoint's inference form, made and verified once and
+cached (``onnx_cache_dir``); PyTorch (fused, channels_last) on CUDA, for bf16/fp16, with ``--compile``, or
+when onnxruntime is not installed. Which one runs is printed.
+
 Images: RGB, grayscale (upscaled through the RGB network and averaged back to one channel), RGBA (alpha
 through the network as a 3-channel replica by default, ``--alpha bicubic`` for OpenCV bicubic), 8- and
 16-bit (the output keeps the bit depth). Pixels are decoded by OpenCV (``IMREAD_UNCHANGED`` keeps 16 bits
@@ -18,7 +23,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -31,7 +36,7 @@ PathLike = Union[str, os.PathLike]
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.tif', '.tiff')
 OUTPUT_EXTENSIONS = ('auto', 'png', 'jpg', 'webp')
-BACKENDS = ('torch', 'onnxruntime')
+BACKENDS = ('auto', 'torch', 'onnxruntime')
 DEVICES = ('auto', 'cpu', 'cuda')
 _KEEPS_ALPHA = {'.png', '.webp', '.tif', '.tiff'}
 _KEEPS_16_BIT = {'.png', '.tif', '.tiff'}
@@ -187,14 +192,87 @@ def _to_output_pixels(img: np.ndarray, depth: int, extension: str) -> np.ndarray
 
 # --- the work ---------------------------------------------------------------------------------------------
 
-def build_upscaler(model_path: PathLike, *, backend: str = 'torch', tile: int = 0, tile_pad: int = 32,
+def onnx_cache_dir() -> Path:
+    """Where ``--backend auto`` keeps its ONNX exports: $LKSMN_CACHE_DIR, else $XDG_CACHE_HOME/lksmn_arch/onnx
+    (default ~/.cache/lksmn_arch/onnx)."""
+    if os.environ.get('LKSMN_CACHE_DIR'):
+        return Path(os.environ['LKSMN_CACHE_DIR'])
+    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'lksmn_arch' / 'onnx'
+
+
+def cached_onnx_export(checkpoint: PathLike, cache_dir: Optional[PathLike] = None) -> Path:
+    """The verified ONNX export of ``checkpoint``'s inference form, made once and reused.
+
+    The file name holds a hash of the checkpoint's bytes and the lksmn_arch and torch versions, so a changed
+    checkpoint or upgrade makes a new export. The export is checked against PyTorch (``export_checkpoint``)
+    before it is kept; a failed export or check raises and leaves nothing in the cache.
+    """
+    import hashlib
+
+    import torch
+
+    from lksmn_arch.export import export_checkpoint
+    from lksmn_arch.version import __version__
+
+    checkpoint = Path(checkpoint)
+    digest = hashlib.sha256()
+    with open(checkpoint, 'rb') as handle:
+        for block in iter(lambda: handle.read(1 << 20), b''):
+            digest.update(block)
+    digest.update(f'lksmn_arch {__version__} torch {torch.__version__}'.encode())
+    path = Path(cache_dir or onnx_cache_dir()) / f'{checkpoint.stem}-{digest.hexdigest()[:16]}.onnx'
+    if not path.is_file():
+        export_checkpoint(checkpoint, path)  # atomic: a concurrent or killed export leaves no partial file
+    return path
+
+
+def resolve_backend(model_path: PathLike, device: str, precision: str, compile: bool) -> Tuple[str, str]:
+    """The backend 'auto' runs, and why: ONNX Runtime for an .onnx file, and for an fp32 checkpoint on the
+    CPU (its fastest fp32 path: see the README's speed section) when onnxruntime is installed; PyTorch
+    otherwise (CUDA, bf16/fp16, --compile, or no onnxruntime)."""
+    if Path(model_path).suffix.lower() == '.onnx':
+        return 'onnxruntime', 'an .onnx model'
+    from lksmn_arch.complexity import resolve_device
+    if resolve_device(device).type != 'cpu':
+        return 'torch', 'a CUDA device'
+    if precision != 'fp32' or compile:
+        return 'torch', f'--precision {precision}' if precision != 'fp32' else '--compile'
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return 'torch', 'onnxruntime is not installed (pip install "lksmn_arch[onnx]" for the faster CPU path)'
+    return 'onnxruntime', 'fp32 on the CPU: ONNX Runtime is the fastest fp32 path'
+
+
+def build_upscaler(model_path: PathLike, *, backend: str = 'auto', tile: int = 0, tile_pad: int = 32,
                    device: str = 'auto', precision: str = 'fp32', tta: bool = False, progress: bool = True,
-                   compile: bool = False) -> Upscaler:
-    """An Upscaler for an LKSMN checkpoint (backend 'torch') or an .onnx file (backend 'onnxruntime')."""
+                   compile: bool = False, log: Optional[Any] = None) -> Upscaler:
+    """An Upscaler for an LKSMN checkpoint or an .onnx file; ``backend`` 'auto' picks as ``resolve_backend``.
+
+    With 'auto', a checkpoint bound for ONNX Runtime is exported once into ``onnx_cache_dir()``; if that
+    export fails, the PyTorch path runs instead, with a line saying why. ``log`` receives one line naming the
+    backend in use (default: none).
+    """
     if backend not in BACKENDS:
         raise ValueError(f'--backend must be one of {list(BACKENDS)}, got {backend!r}')
     model_path = Path(model_path)
+    say = log or (lambda line: None)
     options = dict(tile=tile, tile_pad=tile_pad, precision=precision, tta=tta, progress=progress)
+    if backend == 'auto':
+        backend, reason = resolve_backend(model_path, device, precision, compile)
+        if backend == 'onnxruntime' and model_path.suffix.lower() != '.onnx':
+            if not model_path.is_file():
+                raise FileNotFoundError(f'checkpoint {model_path} does not exist (or is not a file)')
+            try:
+                onnx_path = cached_onnx_export(model_path)
+            except (RuntimeError, ValueError, ImportError) as error:
+                say(f'backend: PyTorch (the ONNX export failed: {str(error).splitlines()[0][:200]})')
+                return Upscaler.from_checkpoint(str(model_path), device=device, compile=compile, **options)
+            from lksmn_arch.export import OnnxModel
+            say(f'backend: ONNX Runtime ({reason}; export cached at {onnx_path})')
+            return Upscaler(OnnxModel(onnx_path, device='cpu'), **options)
+        say(f'backend: {"ONNX Runtime" if backend == "onnxruntime" else "PyTorch"} ({reason})')
     if backend == 'onnxruntime':
         from lksmn_arch.export import OnnxModel
         if compile:
@@ -207,8 +285,9 @@ def build_upscaler(model_path: PathLike, *, backend: str = 'torch', tile: int = 
 
 def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathLike, model_path: PathLike, *,
                   tile: int = 0, tile_pad: int = 32, device: str = 'auto', precision: str = 'fp32',
-                  tta: bool = False, suffix: Optional[str] = None, ext: str = 'auto', backend: str = 'torch',
-                  alpha: str = 'network', progress: bool = True, compile: bool = False) -> UpscaleReport:
+                  tta: bool = False, suffix: Optional[str] = None, ext: str = 'auto', backend: str = 'auto',
+                  alpha: str = 'network', progress: bool = True, compile: bool = False,
+                  log: Optional[Any] = None) -> UpscaleReport:
     """Upscale the image files of ``inputs`` (files or folders) into ``output_dir``.
 
     ``suffix`` defaults to ``_x<scale>``. Per-file problems (unreadable image, output that would overwrite
@@ -224,7 +303,7 @@ def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathL
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f'output folder {output_dir} exists and is not a folder')
     upscaler = build_upscaler(model_path, backend=backend, tile=tile, tile_pad=tile_pad, device=device,
-                              precision=precision, tta=tta, progress=progress, compile=compile)
+                              precision=precision, tta=tta, progress=progress, compile=compile, log=log)
     suffix = f'_x{upscaler.scale}' if suffix is None else suffix
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -288,8 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--ext', default='auto', choices=OUTPUT_EXTENSIONS,
                         help='output format; auto keeps the input format, but uses png where the input format '
                         'would lose alpha or 16 bits (default auto)')
-    parser.add_argument('--backend', default='torch', choices=BACKENDS,
-                        help='torch (a .pth checkpoint) or onnxruntime (an .onnx file from lksmn-export)')
+    parser.add_argument('--backend', default='auto', choices=BACKENDS,
+                        help='auto (default): the fastest path for the request: for an fp32 checkpoint on the CPU, '
+                        'ONNX Runtime on an export made once and cached (LKSMN_CACHE_DIR, default '
+                        '~/.cache/lksmn_arch/onnx) when onnxruntime is installed; PyTorch (fused, channels_last) '
+                        'on CUDA, for bf16/fp16, with --compile, or without onnxruntime. torch: always PyTorch. '
+                        'onnxruntime: an .onnx file from lksmn-export')
     parser.add_argument('--alpha', default='network', choices=ALPHA_MODES,
                         help='how an alpha channel is upscaled: through the network (default) or bicubic')
     parser.add_argument('--compile', action='store_true',
@@ -307,7 +390,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report = upscale_paths(args.input, args.output, args.model, tile=args.tile, tile_pad=args.tile_pad,
                                device=args.device, precision=args.precision, tta=args.tta, suffix=args.suffix,
                                ext=args.ext, backend=args.backend, alpha=args.alpha, progress=not args.quiet,
-                               compile=args.compile)
+                               compile=args.compile, log=None if args.quiet else print)
     except (OSError, ValueError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2

@@ -80,6 +80,20 @@ def run_module(module: str, *args: str, cwd: Path, timeout: int = 300) -> subpro
                           timeout=timeout)
 
 
+@pytest.fixture(scope='session', autouse=True)
+def onnx_cache_in_a_temporary_folder(tmp_path_factory):
+    """lksmn-upscale's ONNX cache (``--backend auto``) goes to a folder of this test session, never ~/.cache;
+    set in os.environ, so that subprocesses inherit it."""
+    import os
+    previous = os.environ.get('LKSMN_CACHE_DIR')
+    os.environ['LKSMN_CACHE_DIR'] = str(tmp_path_factory.mktemp('lksmn_cache'))
+    yield
+    if previous is None:
+        os.environ.pop('LKSMN_CACHE_DIR', None)
+    else:
+        os.environ['LKSMN_CACHE_DIR'] = previous
+
+
 @pytest.fixture(scope='session')
 def tiny_pairs(tmp_path_factory) -> Dict[str, Path]:
     """6 training pairs and 2 validation pairs (x2) of 32x32 GT crops of a real photo."""

@@ -175,15 +175,26 @@ def test_help_explains_defaults_outputs_resuming_and_timing(capsys):
 # --- networks --------------------------------------------------------------------------------------------
 
 def test_specs_extend_built_in_entries_and_scale_with_the_upscale():
-    network = eb.parse_network('w42x6_nomdta=w42x6:{"mdta": false}')
-    v1 = {key: [list(p) for p in value] if key == 'lkcd_kernels' else value for key, value in NAMED_CONFIGS['v1'].items()}
-    assert network.kwargs == {**v1, 'num_feat': 42, 'num_block': 6, 'num_heads': 3, 'mdta': False}
+    network = eb.parse_network('w42x4_nomdta=w42x4:{"mdta": false}')
+    v2 = {key: [list(p) for p in value] if key == 'lkcd_kernels' else value for key, value in NAMED_CONFIGS['v2'].items()}
+    assert network.kwargs == {**v2, 'num_feat': 42, 'num_block': 4, 'num_heads': 3, 'mdta': False}
     assert network.options(3) == {'type': 'LKSMN', 'upscale': 3, **network.kwargs}
     x4, x2 = eb.check_network(eb.parse_network('v1'), 4), eb.check_network(eb.parse_network('v1'), 2)
     assert x4['params'] == count_parameters(build_network({'type': 'LKSMN', 'upscale': 4, **NAMED_CONFIGS['v1']}))
     v2 = eb.check_network(eb.parse_network('v2'), 4)
     assert v2['params'] == count_parameters(build_network({'type': 'LKSMN', 'upscale': 4}))  # today's default
     assert x2['params'] < x4['params'] and x2['multi_adds'] > x4['multi_adds']
+
+
+def test_ablations_that_change_a_form_keep_the_default_budget():
+    default = eb.check_network(eb.parse_network('v2'), 4)['params']
+    for name in ('ffn_gated', 'norm_layernorm', 'norm_none', 'w42x4', 'w57x2'):
+        params = eb.check_network(eb.parse_network(name), 4)['params']
+        assert abs(params - default) / default < 0.01, (name, params)
+    single = eb.check_network(eb.parse_network('single_lkcd'), 4)['params']  # one 48x48 pointwise, not 3 of 16x16
+    assert 0 < (single - default) / default < 0.031
+    for name in ('nomdta', 'nomlfa', 'ffn_none'):  # removals, as in the paper's ablation table
+        assert eb.check_network(eb.parse_network(name), 4)['params'] < default
 
 
 @pytest.mark.skipif(not HAVE_SPANDREL, reason='spandrel (the bench extra) is not installed')

@@ -1,6 +1,7 @@
 """lksmn-export and the ONNX Runtime backend: dynamic shapes, agreement with PyTorch, the CLI."""
 import os
 import stat
+import sys
 
 import cv2
 import numpy as np
@@ -11,7 +12,7 @@ import lksmn_arch  # noqa: F401
 from lksmn_arch import export
 from lksmn_arch.archs.lksmn_arch import LKSMN
 from lksmn_arch.export import OnnxModel, create_session
-from lksmn_arch.upscale import upscale_paths
+from lksmn_arch.upscale import onnx_cache_dir, resolve_backend, upscale_paths
 
 SCALE = 3  # odd, so that a wrong output size cannot come out right by accident
 
@@ -63,7 +64,8 @@ def test_onnxruntime_backend_upscales_files_like_the_torch_backend(exported, tmp
     rng = np.random.default_rng(0)
     cv2.imwrite(str(tmp_path / 'rgb.png'), rng.integers(0, 256, (9, 11, 3), dtype=np.uint8))
     cv2.imwrite(str(tmp_path / 'rgba.png'), rng.integers(0, 256, (9, 11, 4), dtype=np.uint8))
-    via_torch = upscale_paths(tmp_path, tmp_path / 'torch', checkpoint, tile=6, tile_pad=2, progress=False)
+    via_torch = upscale_paths(tmp_path, tmp_path / 'torch', checkpoint, backend='torch', tile=6, tile_pad=2,
+                              progress=False)
     via_ort = upscale_paths(tmp_path, tmp_path / 'ort', onnx_path, backend='onnxruntime', tile=6, tile_pad=2,
                             device='cpu', progress=False)
     assert via_torch.ok and via_ort.ok and len(via_ort.written) == 2
@@ -99,3 +101,57 @@ def test_export_help_lists_its_options(capsys):
     assert info.value.code == 0
     text = capsys.readouterr().out
     assert all(flag in text for flag in ('--model', '--onnx', '--opset', '--no-verify'))
+
+
+def _upscaled(folder) -> dict:
+    return {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED).astype(int) for p in sorted(folder.iterdir())}
+
+
+def test_auto_backend_runs_onnxruntime_on_a_verified_export_made_once(exported, tmp_path, monkeypatch):
+    checkpoint = exported[0]
+    monkeypatch.setenv('LKSMN_CACHE_DIR', str(tmp_path / 'cache'))
+    cv2.imwrite(str(tmp_path / 'rgb.png'), np.random.default_rng(1).integers(0, 256, (9, 11, 3), dtype=np.uint8))
+    lines = []
+    auto = upscale_paths(tmp_path / 'rgb.png', tmp_path / 'auto', checkpoint, device='cpu', progress=False,
+                         log=lines.append)
+    torch_ = upscale_paths(tmp_path / 'rgb.png', tmp_path / 'torch', checkpoint, backend='torch', device='cpu',
+                           progress=False)
+    assert auto.ok and torch_.ok
+    assert len(lines) == 1 and lines[0].startswith('backend: ONNX Runtime') and str(onnx_cache_dir()) in lines[0]
+    cached = list((tmp_path / 'cache').iterdir())
+    assert len(cached) == 1 and cached[0].suffix == '.onnx' and cached[0].name.startswith('lksmn_x3-')
+    a, b = _upscaled(tmp_path / 'auto'), _upscaled(tmp_path / 'torch')
+    assert a.keys() == b.keys() and all(np.abs(a[k] - b[k]).max() <= 1 for k in a)
+
+    def no_second_export(*args, **kwargs):
+        raise AssertionError('the cached export was made again')
+    monkeypatch.setattr(export, 'export_checkpoint', no_second_export)
+    again = upscale_paths(tmp_path / 'rgb.png', tmp_path / 'again', checkpoint, device='cpu', progress=False)
+    assert again.ok and list((tmp_path / 'cache').iterdir()) == cached
+
+
+def test_auto_backend_falls_back_to_pytorch_when_the_export_fails(exported, tmp_path, monkeypatch):
+    monkeypatch.setenv('LKSMN_CACHE_DIR', str(tmp_path / 'cache'))
+
+    def broken_export(*args, **kwargs):
+        raise RuntimeError('ONNX export failed: the exporter broke\nsecond line')
+    monkeypatch.setattr(export, 'export_checkpoint', broken_export)
+    cv2.imwrite(str(tmp_path / 'x.png'), np.zeros((5, 6, 3), np.uint8))
+    lines = []
+    report = upscale_paths(tmp_path / 'x.png', tmp_path / 'out', exported[0], device='cpu', progress=False,
+                           log=lines.append)
+    assert report.ok and lines == ['backend: PyTorch (the ONNX export failed: ONNX export failed: the exporter broke)']
+    assert not (tmp_path / 'cache').exists() or not list((tmp_path / 'cache').iterdir())
+
+
+@pytest.mark.parametrize('model, precision, compile, expected', [
+    ('net.pth', 'fp32', False, 'onnxruntime'), ('net.onnx', 'fp32', False, 'onnxruntime'),
+    ('net.pth', 'bf16', False, 'torch'), ('net.pth', 'fp32', True, 'torch')])
+def test_auto_backend_takes_pytorch_where_onnxruntime_cannot_do_what_was_asked(model, precision, compile, expected):
+    assert resolve_backend(model, 'cpu', precision, compile)[0] == expected
+
+
+def test_auto_backend_takes_pytorch_without_onnxruntime(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # import fails, as when it is not installed
+    backend, reason = resolve_backend('net.pth', 'cpu', 'fp32', False)
+    assert backend == 'torch' and 'onnxruntime is not installed' in reason

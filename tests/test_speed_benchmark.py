@@ -97,3 +97,23 @@ def test_help_explains_the_phases_and_outputs():
     text = speed.build_parser().format_help()
     for word in ('--json', '--markdown', '--plain', '--size', 'interleaved', 'memory'):
         assert word in text
+
+
+def test_readme_speed_figures_are_the_tables_the_benchmark_wrote():
+    """The README's speed tables are benchmarks/results/speed_cpu.md verbatim, so no figure is typed by hand."""
+    repo = Path(__file__).resolve().parents[1]
+    written = (repo / 'benchmarks' / 'results' / 'speed_cpu.md').read_text().splitlines()
+    readme = (repo / 'README.md').read_text()
+    missing = [line for line in written if line.strip() and line not in readme]
+    assert not missing, f'README lacks {len(missing)} line(s) of speed_cpu.md, e.g. {missing[0]!r}'
+
+
+def test_interleaved_timing_idles_before_every_call_outside_the_timed_span(monkeypatch):
+    import lksmn_arch.latency as latency
+    events = []
+    monkeypatch.setattr(latency.time, 'sleep', lambda seconds: events.append(('sleep', seconds)))
+    forwards = {name: (lambda x, name=name: events.append(('call', name)) or x) for name in ('a', 'b')}
+    times, _ = time_interleaved(forwards, torch.zeros(1), rounds=2, warmup=1, pause=0.25)
+    assert len(times['a']) == len(times['b']) == 2
+    timed_calls = events[2:]  # after each forward's untimed first call
+    assert timed_calls == [('sleep', 0.25), ('call', 'a'), ('sleep', 0.25), ('call', 'b')] * 3

@@ -155,7 +155,8 @@ def test_failed_write_leaves_neither_output_nor_temp_file(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize('extra, message', [
     (['-m', 'missing.pth'], 'missing.pth does not exist'),
-    (['-m', 'model.onnx'], 'use --backend onnxruntime'),
+    (['-m', 'model.onnx'], 'cannot load ONNX model model.onnx'),
+    (['-m', 'model.onnx', '--backend', 'torch'], 'use --backend onnxruntime'),
     (['--device', 'cpu', '--precision', 'fp16'], "'fp16' needs a CUDA device"),
     (['--tile', '-3'], 'tile must be'),
 ])
