@@ -750,6 +750,18 @@ def load_trained(network: Network, scale: int, checkpoint: Optional[Path]) -> nn
     return model.float().cpu().eval()
 
 
+PYTORCH_TIMING_PATHS = ('channels_last', 'compile', 'compile_channels_last')
+
+
+def timing_paths(networks: Sequence[Network]) -> Dict[str, Tuple[str, ...]]:
+    """The paths each network is timed on: PyTorch's fastest ones, and for LKSMN also ONNX Runtime (its
+    fastest fp32 CPU path; ``lksmn-upscale`` runs it) when onnxruntime is installed. Peers are not exported:
+    SAFMN's export fails at 180x320 (adaptive pooling) and SPAN's crashes ONNX Runtime 1.31."""
+    has_ort = importlib.util.find_spec('onnxruntime') is not None and importlib.util.find_spec('onnx') is not None
+    return {n.name: PYTORCH_TIMING_PATHS + (('onnxruntime',) if n.arch == 'LKSMN' and has_ort else ())
+            for n in networks}
+
+
 def time_networks(networks: Sequence[Network], checkpoints: Dict[str, Optional[Path]], scale: int,
                   threads: Optional[int]) -> Dict[str, Dict[str, Any]]:
     """CPU fp32 latency of each network's fastest path, all interleaved in one process (``fastest_latency``)."""
@@ -758,7 +770,7 @@ def time_networks(networks: Sequence[Network], checkpoints: Dict[str, Optional[P
     models = {n.name: load_trained(n, scale, checkpoints.get(n.name)) for n in networks}
     height, width = lr_size_for_output(scale)
     shape = (1, 3, height, width)
-    measured = fastest_latency(models, input_shape=shape, threads=threads)
+    measured = fastest_latency(models, input_shape=shape, threads=threads, paths=timing_paths(networks))
     when = time.strftime('%Y-%m-%d %H:%M:%S')
     used_threads = threads or torch.get_num_threads()
     return {name: {'path': path, 'seconds': float(seconds), 'input_shape': list(shape), 'threads': used_threads,
@@ -988,7 +1000,8 @@ scores: PSNR and SSIM on the Y channel, border = scale (BasicSR's calculate_psnr
 
 timing: a separate phase after ALL training has finished (never while a run trains): every network, with the
   trained weights of its first seed, in fp32 on the CPU, through lksmn_arch.latency.fastest_latency (its
-  fastest inference path, median, all models interleaved in one process), for a 1280x720 output.
+  fastest inference path, median, all models interleaved in one process), for a 1280x720 output. Paths:
+  channels_last, compile, compile_channels_last, and for LKSMN networks ONNX Runtime (when installed).
   --no-timing skips it; earlier timings in OUT/{TIMING_FILE} of networks with the same options are then shown,
   marked *. Parameters and Multi-Adds (1280x720 output, lksmn_arch.complexity) are always reported.
 

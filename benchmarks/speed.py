@@ -22,6 +22,7 @@ Not a test: a measurement to run on a quiet machine. Phases, each free of the ot
 Latency depends on thread count and on what else runs: compare rows of one run, on one machine.
 """
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -41,7 +42,7 @@ import lksmn_arch  # noqa: F401  (compat fixes before basicsr)
 from lksmn_arch.archs.lksmn_arch import LKSMN
 from lksmn_arch.complexity import count_multi_adds, count_parameters, peak_forward_memory, resolve_device
 from lksmn_arch.inference import Upscaler
-from lksmn_arch.latency import FP32_PATHS, inference_form, make_forward, median, time_interleaved
+from lksmn_arch.latency import FP32_PATHS, OPENVINO_PATHS, inference_form, make_forward, median, time_interleaved
 
 SCALE = 4
 LR_SIZE = (180, 320)  # (height, width): 1280x720 output at x4
@@ -123,6 +124,8 @@ def paths_for(name: str, device: torch.device, bf16: bool) -> List[str]:
         paths = [p for p in paths if not p.startswith('compile') or p == 'compile_channels_last'] + list(GPU_HALF_PATHS)
     elif bf16:
         paths += list(BF16_CPU_PATHS)
+    if device.type == 'cpu' and importlib.util.find_spec('openvino') is not None:
+        paths += [p for p in OPENVINO_PATHS if bf16 or not p.startswith('bf16')]
     if name.startswith('LKSMN'):
         paths.insert(0, TRAINING_FORM)
     return paths
@@ -279,6 +282,11 @@ def describe_machine(device: torch.device, threads: int) -> Dict[str, object]:
         info['onnxruntime'] = onnxruntime.__version__
     except ImportError:
         info['onnxruntime'] = None
+    try:
+        import openvino
+        info['openvino'] = openvino.__version__
+    except ImportError:
+        info['openvino'] = None
     cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path('/proc/cpuinfo').read_text().splitlines():
@@ -301,7 +309,8 @@ def machine_line(info: Dict[str, object]) -> str:
     flags = ', '.join(f'{k} {"yes" if v else "no"}' for k, v in info['cpu_flags'].items())
     where = f"GPU {info['gpu']}; " if 'gpu' in info else ''
     return (f"{where}CPU {info['cpu']} ({info['cpu_count']} cores; {flags}); {info['threads']} threads; "
-            f"torch {info['torch']}, onnxruntime {info['onnxruntime']}")
+            f"torch {info['torch']}, onnxruntime {info['onnxruntime']}"
+            + (f", openvino {info['openvino']}" if info.get('openvino') else ''))
 
 
 # --- output ------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -25,7 +25,10 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 # fp32 paths first; a 'bf16 ' prefix runs the same path in bfloat16 (PyTorch paths only).
 FP32_PATHS = ('eager', 'channels_last', 'compile', 'compile_channels_last', 'onnxruntime')
 BF16_PATHS = ('bf16 channels_last', 'bf16 compile_channels_last')
-ALL_PATHS = FP32_PATHS + BF16_PATHS
+# OpenVINO (CPU; when the ``openvino`` package is installed): the ONNX export compiled for each input shape
+# at its first call, with fp32 or bf16 inference precision.
+OPENVINO_PATHS = ('openvino', 'bf16 openvino')
+ALL_PATHS = FP32_PATHS + BF16_PATHS + OPENVINO_PATHS
 
 
 def inference_form(model: nn.Module) -> nn.Module:
@@ -55,6 +58,11 @@ def make_forward(model: nn.Module, path: str, *, device: torch.device = torch.de
     if path not in ALL_PATHS:
         raise ValueError(f'unknown path {path!r}; choose from {list(ALL_PATHS)}')
     net = inference_form(model) if fuse else copy.deepcopy(model).eval()
+    if base == 'openvino':
+        from lksmn_arch.export import export_onnx
+        folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix='lksmn_latency_'))
+        onnx_path = export_onnx(net.cpu(), folder / f'{type(model).__name__}_{id(net)}.onnx')
+        return _openvino_forward(onnx_path, dtype, threads)
     if base == 'onnxruntime':
         from lksmn_arch.export import OnnxModel, export_onnx
         folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix='lksmn_latency_'))
@@ -69,6 +77,30 @@ def make_forward(model: nn.Module, path: str, *, device: torch.device = torch.de
         return net(x.to(dtype=dtype, memory_format=memory_format))
 
     return compile_for_inference(run) if base.startswith('compile') else run
+
+
+def _openvino_forward(onnx_path: Path, dtype: torch.dtype, threads: Optional[int]) -> Forward:
+    """OpenVINO's CPU plugin on ``onnx_path``, compiled for each new input shape (static shapes run fastest)."""
+    import openvino as ov
+
+    core = ov.Core()
+    config = {'INFERENCE_PRECISION_HINT': 'bf16' if dtype == torch.bfloat16 else 'f32',
+              'PERFORMANCE_HINT': 'LATENCY'}
+    if threads:
+        config['INFERENCE_NUM_THREADS'] = threads
+    requests: Dict[Tuple[int, ...], object] = {}
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(x.shape)
+        if shape not in requests:
+            model = core.read_model(str(onnx_path))
+            model.reshape({model.inputs[0]: ov.PartialShape(list(shape))})
+            requests[shape] = core.compile_model(model, 'CPU', config).create_infer_request()
+        request = requests[shape]
+        request.infer({0: x.detach().cpu().float().numpy()})
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+    return run
 
 
 def compile_for_inference(function: Forward) -> Forward:
@@ -148,18 +180,27 @@ def median(values: Sequence[float]) -> Optional[float]:
 
 def fastest_latency(models: Dict[str, nn.Module], input_shape: Sequence[int] = (1, 3, 180, 320), *,
                     threads: Optional[int] = None,
-                    paths: Iterable[str] = ('channels_last', 'compile', 'compile_channels_last'),
-                    rounds: int = 5, warmup: int = 2) -> Dict[str, Tuple[str, float]]:
+                    paths: Union[Iterable[str], Dict[str, Iterable[str]]] = ('channels_last', 'compile',
+                                                                            'compile_channels_last'),
+                    rounds: int = 5, warmup: int = 2, pause: float = 0.1) -> Dict[str, Tuple[str, float]]:
     """{name: (fastest path, its median seconds)} of fp32 CPU ``models``, all paths interleaved in one process.
 
-    The default paths leave out eager NCHW to save time: benchmarks/speed.py times it, and it is not a
-    network's fastest path there.
+    ``paths`` is one list for every model, or {name: paths} (for example ONNX Runtime for the networks that
+    export). The default paths leave out eager NCHW to save time: benchmarks/speed.py times it, and it is not
+    a network's fastest path there. A path that cannot be built (an export that fails) is left out.
     """
     if threads:
         torch.set_num_threads(threads)
     x = torch.rand(*input_shape)
-    forwards = {f'{name}|{path}': make_forward(model, path) for name, model in models.items() for path in paths}
-    times, _ = time_interleaved(forwards, x, rounds=rounds, warmup=warmup)
+    forwards = {}
+    with tempfile.TemporaryDirectory(prefix='lksmn_fastest_') as workdir:
+        for name, model in models.items():
+            for path in (paths[name] if isinstance(paths, dict) else paths):
+                try:
+                    forwards[f'{name}|{path}'] = make_forward(model, path, threads=threads, workdir=Path(workdir))
+                except Exception:  # noqa: BLE001  (an exporter's many error types: this path is not available)
+                    continue
+        times, _ = time_interleaved(forwards, x, rounds=rounds, warmup=warmup, pause=pause)
     best: Dict[str, Tuple[str, float]] = {}
     for key, values in times.items():
         name, path = key.split('|', 1)

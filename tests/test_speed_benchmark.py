@@ -117,3 +117,13 @@ def test_interleaved_timing_idles_before_every_call_outside_the_timed_span(monke
     assert len(times['a']) == len(times['b']) == 2
     timed_calls = events[2:]  # after each forward's untimed first call
     assert timed_calls == [('sleep', 0.25), ('call', 'a'), ('sleep', 0.25), ('call', 'b')] * 3
+
+
+def test_fastest_latency_takes_paths_per_network_and_leaves_out_one_that_cannot_be_built():
+    from lksmn_arch.latency import fastest_latency
+    torch.manual_seed(0)
+    tiny = {name: LKSMN(upscale=2, num_feat=12, num_block=1, num_heads=2).eval() for name in ('a', 'b')}
+    best = fastest_latency(tiny, (1, 3, 8, 8), paths={'a': ['channels_last', 'no such path'],
+                                                      'b': ['eager', 'onnxruntime']}, rounds=1, warmup=0, pause=0)
+    assert best['a'][0] == 'channels_last' and best['b'][0] in ('eager', 'onnxruntime')
+    assert all(seconds > 0 for _, seconds in best.values())
