@@ -44,6 +44,8 @@ setup(
     extras_require={
         'test': ['pytest'],
         'onnx': ['onnx', 'onnxruntime', 'onnxscript'],
+        # OpenVINO: lksmn-upscale's fastest CPU path (fp32 and bf16); it runs the ONNX export
+        'openvino': ['openvino>=2025.0', 'onnx', 'onnxscript'],
         'bench': ['spandrel', 'matplotlib'],
     },
     entry_points={

@@ -8,6 +8,7 @@ scale, BasicSR's metrics, as the benchmarks count them) and the difference to fp
     python benchmarks/precision_psnr.py -m demo_output/experiments/LKSMN_x4_demo/models/net_g_latest.pth
 """
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from lksmn_arch.checkpoint import build_model_from_checkpoint
 from lksmn_arch.complexity import resolve_device
 from lksmn_arch.demo import TEST_PHOTOS, _photo
 from lksmn_arch.inference import Upscaler
+from lksmn_arch.upscale import build_upscaler
 
 
 def held_out_pairs(scale: int) -> Dict[str, Dict[str, np.ndarray]]:
@@ -44,10 +46,16 @@ def precision_report(checkpoint: str, device: str = 'auto', precisions: Optional
     torch_device = resolve_device(device)
     if precisions is None:
         precisions = ['fp32', 'bf16'] + (['fp16'] if torch_device.type == 'cuda' else [])
+        if torch_device.type == 'cpu' and importlib.util.find_spec('openvino') is not None:
+            precisions += ['openvino fp32', 'openvino bf16']  # lksmn-upscale's default CPU backend
     pairs = held_out_pairs(scale)
     scores: Dict[str, Dict[str, tuple]] = {}
     for precision in precisions:
-        upscaler = Upscaler(model, device=torch_device, precision=precision, progress=False)
+        if precision.startswith('openvino '):
+            upscaler = build_upscaler(checkpoint, backend='openvino', device='cpu',
+                                      precision=precision.split()[1], progress=False)
+        else:
+            upscaler = Upscaler(model, device=torch_device, precision=precision, progress=False)
         for name, pair in pairs.items():
             sr = np.rint(upscaler.upscale_image(pair['lr']) * 255).astype(np.uint8)
             scores.setdefault(precision, {})[name] = (
@@ -69,7 +77,7 @@ def precision_report(checkpoint: str, device: str = 'auto', precisions: Optional
 
 
 def format_rows(rows: List[dict]) -> str:
-    lines = ['| precision | photo | PSNR (Y) | SSIM (Y) | PSNR - fp32 (dB) |', '|---|---|---:|---:|---:|']
+    lines = ['| precision (path) | photo | PSNR (Y) | SSIM (Y) | PSNR - fp32 (dB) |', '|---|---|---:|---:|---:|']
     lines += [f"| {r['precision']} | {r['photo']} | {r['psnr']:.3f} | {r['ssim']:.4f} | {r['psnr_minus_fp32']:+.4f} |"
               for r in rows]
     return '\n'.join(lines)
@@ -79,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='python benchmarks/precision_psnr.py',
         description='PSNR/SSIM (Y, border = scale) of an LKSMN checkpoint on the demo\'s held-out photos in fp32 and '
-        'in reduced precision (bf16; fp16 on CUDA), and the difference to fp32.')
+        'in reduced precision (bf16; fp16 on CUDA), and through OpenVINO in fp32 and bf16 when it is installed '
+        '(lksmn-upscale\'s default CPU backend), each with its difference to PyTorch fp32.')
     parser.add_argument('-m', '--model', required=True, help='a trained LKSMN checkpoint')
     parser.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='default auto')
     parser.add_argument('--json', default=None, help='also write the rows here')

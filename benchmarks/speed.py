@@ -42,7 +42,7 @@ import lksmn_arch  # noqa: F401  (compat fixes before basicsr)
 from lksmn_arch.archs.lksmn_arch import LKSMN
 from lksmn_arch.complexity import count_multi_adds, count_parameters, peak_forward_memory, resolve_device
 from lksmn_arch.inference import Upscaler
-from lksmn_arch.latency import FP32_PATHS, OPENVINO_PATHS, inference_form, make_forward, median, time_interleaved
+from lksmn_arch.latency import ALL_PATHS, FP32_PATHS, OPENVINO_PATHS, inference_form, make_forward, median, time_interleaved
 
 SCALE = 4
 LR_SIZE = (180, 320)  # (height, width): 1280x720 output at x4
@@ -140,7 +140,8 @@ def _forward_for(model: nn.Module, path: str, device: torch.device, threads: int
 # --- phase 1: latency --------------------------------------------------------------------------------------
 
 def measure_latency(nets: Dict[str, nn.Module], x: torch.Tensor, *, rounds: int, warmup: int, threads: int,
-                    bf16: bool, pause: float = 0.0, only: Optional[Tuple[str, str]] = None) -> List[Row]:
+                    bf16: bool, pause: float = 0.0, only: Optional[Tuple[str, str]] = None,
+                    paths: Optional[Sequence[str]] = None) -> List[Row]:
     """Phase 1: one Row per (network, path), all interleaved."""
     rows: Dict[str, Row] = {}
     forwards = {}
@@ -149,7 +150,7 @@ def measure_latency(nets: Dict[str, nn.Module], x: torch.Tensor, *, rounds: int,
             params = parameters_at_inference(model)
             multi_adds = _multi_adds(model, tuple(x.shape))
             for path in paths_for(name, x.device, bf16):
-                if only and (name, path) != only:
+                if (only and (name, path) != only) or (paths and path not in paths):
                     continue
                 key = f'{name}|{path}'
                 rows[key] = Row(name, path, params, multi_adds)
@@ -412,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--size', default='320x180', help='input WxH of the latency rows (default 320x180, a 1280x720 '
                         'output)')
     parser.add_argument('--no-bf16', action='store_true', help='skip the bf16 rows')
+    parser.add_argument('--paths', default=None, help='only these paths, comma-separated (for a focused run), e.g. '
+                        '"onnxruntime,openvino,bf16 openvino,compile"; default: every path each network supports '
+                        '(OpenVINO rows when the openvino package is installed)')
     parser.add_argument('--memory-size', default=None, help='input WxH of the whole-vs-tiled memory test '
                         '(default 960x540; 480x270 with --quick); "0" skips it')
     parser.add_argument('--tile', type=int, default=192, help='tile size of the memory test (default 192)')
@@ -473,6 +477,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         configs = lksmn_configurations(args.lksmn)
         memory_size = _parse_size(args.memory_size or ('480x270' if args.quick else '960x540'))
         lr_size = _parse_size(args.size) or LR_SIZE
+        path_filter = [p.strip() for p in args.paths.split(',') if p.strip()] if args.paths else None
+        unknown_paths = sorted(set(path_filter or ()) - set(ALL_PATHS) - {TRAINING_FORM})
+        if unknown_paths:
+            raise ValueError(f'--paths: unknown {unknown_paths}; choose from {[TRAINING_FORM, *ALL_PATHS]}')
     except (ValueError, TypeError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
@@ -499,7 +507,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(header, flush=True)
 
     rows = measure_latency(nets, x, rounds=rounds, warmup=warmup, threads=threads,
-                           bf16=not args.no_bf16 and device.type == 'cpu', pause=args.pause)
+                           bf16=not args.no_bf16 and device.type == 'cpu', pause=args.pause, paths=path_filter)
     _annotate(rows)
     baseline = fastest_fp32(rows, 'SAFMN')
     lksmn_name = next(iter(configs))

@@ -116,6 +116,78 @@ class OnnxModel:
         return torch.from_numpy(self.session.run(None, feed)[0])
 
 
+class OpenVinoModel:
+    """An ONNX super-resolution model run by OpenVINO's CPU plugin, callable like a network on CPU float32
+    tensors.
+
+    Each input shape gets its own static compilation (about 0.2 s for LKSMN on a 2-core CPU), kept for the
+    ``cache_size`` most recent shapes: static shapes ran 10% faster than one dynamic compilation here, so a
+    folder of images of one size, or tiles, pays it once. ``precision`` 'bf16' runs bfloat16 where the CPU
+    has it (OpenVINO's inference precision hint); 'fp32' keeps float32.
+    """
+
+    PRECISION_HINTS = {'fp32': 'f32', 'bf16': 'bf16'}
+
+    def __init__(self, path: PathLike, precision: str = 'fp32', threads: Optional[int] = None,
+                 cache_size: int = 8) -> None:
+        import openvino as ov
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f'ONNX model {self.path} does not exist (or is not a file)')
+        if precision not in self.PRECISION_HINTS:
+            raise ValueError(f"OpenVINO runs 'fp32' or 'bf16', got precision {precision!r}")
+        self.precision = precision
+        self._ov = ov
+        self._core = ov.Core()
+        self._config = {'INFERENCE_PRECISION_HINT': self.PRECISION_HINTS[precision], 'PERFORMANCE_HINT': 'LATENCY'}
+        if threads:
+            self._config['INFERENCE_NUM_THREADS'] = int(threads)
+        try:
+            self._model = self._core.read_model(str(self.path))
+        except Exception as error:  # OpenVINO raises its own exception types
+            raise ValueError(f'cannot load ONNX model {self.path} with OpenVINO: {error}') from error
+        if len(self._model.inputs) != 1 or self._model.inputs[0].get_partial_shape().rank.get_length() != 4:
+            raise ValueError(f'{self.path}: expected one 4D (N, C, H, W) input')
+        self._cache_size = cache_size
+        self._requests: 'Dict[Tuple[int, ...], Any]' = {}
+        meta = _onnx_metadata(self.path)
+        channels = self._model.inputs[0].get_partial_shape()[1]
+        self.in_channels = channels.get_length() if channels.is_static else 3
+        if 'lksmn_scale' in meta:
+            self.scale = int(meta['lksmn_scale'])
+        else:
+            self.scale = self(torch.zeros(1, self.in_channels, 8, 8)).shape[-1] // 8
+        self.config = json.loads(meta['lksmn_config']) if 'lksmn_config' in meta else None
+
+    def _request(self, shape: Tuple[int, ...]) -> Any:
+        request = self._requests.pop(shape, None)
+        if request is None:
+            model = self._model.clone()
+            model.reshape({model.inputs[0]: self._ov.PartialShape(list(shape))})
+            request = self._core.compile_model(model, 'CPU', self._config).create_infer_request()
+            while len(self._requests) >= self._cache_size:
+                self._requests.pop(next(iter(self._requests)))  # the least recently used shape
+        self._requests[shape] = request  # most recently used last
+        return request
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        data = np.ascontiguousarray(x.detach().cpu().float().numpy())
+        request = self._request(tuple(data.shape))
+        request.infer({0: data})
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+
+def _onnx_metadata(path: Path) -> Dict[str, str]:
+    """The metadata_props of an ONNX file (without its weights)."""
+    import onnx
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001  (not readable as ONNX: OpenVINO has already read it, so no metadata)
+        return {}
+    return {entry.key: entry.value for entry in proto.metadata_props}
+
+
 def create_session(path: PathLike, device: str = 'auto',
                    threads: Optional[int] = None) -> 'onnxruntime.InferenceSession':  # noqa: F821
     """An ONNX Runtime session for ``path``: CUDA provider for 'cuda' (an error if absent), CPU for 'cpu'.

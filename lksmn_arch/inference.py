@@ -100,7 +100,8 @@ class Upscaler:
     network keeps its training form). Outputs are float32 on the CPU.
 
     Args:
-        model: an nn.Module (moved/cast in place) or a callable on CPU float32 tensors (e.g. ONNX Runtime).
+        model: an nn.Module (moved/cast in place) or a callable on CPU float32 tensors (ONNX Runtime's
+            ``OnnxModel``, OpenVINO's ``OpenVinoModel``; ``precision`` must then be the callable's own).
         scale: the network's scale factor; read from ``model.upscale`` or ``model.scale`` when omitted.
         tile: input tile size in pixels (0: whole image).
         tile_pad: context pixels around each tile, and half the width of the cross-fade band.
@@ -152,9 +153,10 @@ class Upscaler:
                 from lksmn_arch.latency import compile_for_inference
                 self._forward = compile_for_inference(self.model)
         else:
-            if precision != 'fp32' or compile:
+            runs_in = getattr(model, 'precision', 'fp32')
+            if precision != runs_in or compile:
                 raise ValueError(f"precision {precision!r} and compile are for PyTorch networks; this network "
-                                 "(ONNX Runtime) runs in fp32, as exported")
+                                 f"({type(model).__name__}) runs in {runs_in}")
             self.device = torch.device('cpu')
             self.model = self._forward = model
 

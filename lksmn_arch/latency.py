@@ -26,7 +26,7 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 FP32_PATHS = ('eager', 'channels_last', 'compile', 'compile_channels_last', 'onnxruntime')
 BF16_PATHS = ('bf16 channels_last', 'bf16 compile_channels_last')
 # OpenVINO (CPU; when the ``openvino`` package is installed): the ONNX export compiled for each input shape
-# at its first call, with fp32 or bf16 inference precision.
+# at its first call, with fp32 or bf16 inference precision (``lksmn_arch.export.OpenVinoModel``).
 OPENVINO_PATHS = ('openvino', 'bf16 openvino')
 ALL_PATHS = FP32_PATHS + BF16_PATHS + OPENVINO_PATHS
 
@@ -61,8 +61,11 @@ def make_forward(model: nn.Module, path: str, *, device: torch.device = torch.de
     if base == 'openvino':
         from lksmn_arch.export import export_onnx
         folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix='lksmn_latency_'))
-        onnx_path = export_onnx(net.cpu(), folder / f'{type(model).__name__}_{id(net)}.onnx')
-        return _openvino_forward(onnx_path, dtype, threads)
+        try:
+            onnx_path: Optional[Path] = export_onnx(net.cpu(), folder / f'{type(model).__name__}_{id(net)}_ov.onnx')
+        except RuntimeError:
+            onnx_path = None
+        return _openvino_forward(net.cpu().float(), onnx_path, dtype, threads)
     if base == 'onnxruntime':
         from lksmn_arch.export import OnnxModel, export_onnx
         folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix='lksmn_latency_'))
@@ -79,24 +82,40 @@ def make_forward(model: nn.Module, path: str, *, device: torch.device = torch.de
     return compile_for_inference(run) if base.startswith('compile') else run
 
 
-def _openvino_forward(onnx_path: Path, dtype: torch.dtype, threads: Optional[int]) -> Forward:
-    """OpenVINO's CPU plugin on ``onnx_path``, compiled for each new input shape (static shapes run fastest)."""
+def _openvino_forward(net: nn.Module, onnx_path: Optional[Path], dtype: torch.dtype,
+                      threads: Optional[int]) -> Forward:
+    """OpenVINO's CPU plugin, compiled for each new input shape (``OpenVinoModel``, as ``lksmn-upscale`` runs
+    it) from the ONNX export; where that export cannot run a shape (SAFMN's adaptive pooling exports for the
+    tracing size only), from ``openvino.convert_model`` of the network at that shape, so that a peer still
+    gets OpenVINO's best."""
     import openvino as ov
 
-    core = ov.Core()
-    config = {'INFERENCE_PRECISION_HINT': 'bf16' if dtype == torch.bfloat16 else 'f32',
-              'PERFORMANCE_HINT': 'LATENCY'}
+    from lksmn_arch.export import OpenVinoModel
+
+    precision = 'bf16' if dtype == torch.bfloat16 else 'fp32'
+    exported = None
+    if onnx_path is not None:
+        try:
+            exported = OpenVinoModel(onnx_path, precision=precision, threads=threads)
+        except Exception:  # noqa: BLE001  (OpenVINO's error types; the converted route below still runs)
+            exported = None
+    config = {'INFERENCE_PRECISION_HINT': OpenVinoModel.PRECISION_HINTS[precision], 'PERFORMANCE_HINT': 'LATENCY'}
     if threads:
         config['INFERENCE_NUM_THREADS'] = threads
-    requests: Dict[Tuple[int, ...], object] = {}
+    converted: Dict[Tuple[int, ...], object] = {}
 
     def run(x: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape)
-        if shape not in requests:
-            model = core.read_model(str(onnx_path))
+        if exported is not None and shape not in converted:
+            try:
+                return exported(x)
+            except Exception:  # noqa: BLE001
+                pass
+        if shape not in converted:
+            model = ov.convert_model(net, example_input=x.detach().cpu().float())
             model.reshape({model.inputs[0]: ov.PartialShape(list(shape))})
-            requests[shape] = core.compile_model(model, 'CPU', config).create_infer_request()
-        request = requests[shape]
+            converted[shape] = ov.Core().compile_model(model, 'CPU', config).create_infer_request()
+        request = converted[shape]
         request.infer({0: x.detach().cpu().float().numpy()})
         return torch.from_numpy(request.get_output_tensor(0).data.copy())
 

@@ -1,12 +1,13 @@
-"""Upscale image files with an LKSMN checkpoint (PyTorch) or an exported .onnx model (ONNX Runtime).
+"""Upscale image files with an LKSMN checkpoint or an exported .onnx model (PyTorch, OpenVINO, ONNX Runtime).
 
     lksmn-upscale -i photos/ -o photos_x4/ -m net_g_latest.pth --tile 256
     python -m lksmn_arch.upscale -i photo.jpg -o out/ -m lksmn_x4.onnx --backend onnxruntime
 
-Backend: ``--backend auto`` (the default) runs the fastest fp32 path that needs no up-front cost per input
-size: on the CPU, ONNX Runtime on an export of the checkpoint's inference form, made and verified once and
-cached (``onnx_cache_dir``); PyTorch (fused, channels_last) on CUDA, for bf16/fp16, with ``--compile``, or
-when onnxruntime is not installed. Which one runs is printed.
+Backend: ``--backend auto`` (the default) runs the fastest path for the request (``resolve_backend``): on
+the CPU in fp32 or bf16, OpenVINO when installed, else ONNX Runtime in fp32, on an export of the
+checkpoint's inference form made and verified once and cached (``onnx_cache_dir``); PyTorch (fused,
+channels_last) on CUDA, for fp16, with ``--compile``, or when neither runtime is installed. Which one runs,
+and why, is printed.
 
 Images: RGB, grayscale (upscaled through the RGB network and averaged back to one channel), RGBA (alpha
 through the network as a 3-channel replica by default, ``--alpha bicubic`` for OpenCV bicubic), 8- and
@@ -36,7 +37,7 @@ PathLike = Union[str, os.PathLike]
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.tif', '.tiff')
 OUTPUT_EXTENSIONS = ('auto', 'png', 'jpg', 'webp')
-BACKENDS = ('auto', 'torch', 'onnxruntime')
+BACKENDS = ('auto', 'torch', 'onnxruntime', 'openvino')
 DEVICES = ('auto', 'cpu', 'cuda')
 _KEEPS_ALPHA = {'.png', '.webp', '.tif', '.tiff'}
 _KEEPS_16_BIT = {'.png', '.tif', '.tiff'}
@@ -226,23 +227,31 @@ def cached_onnx_export(checkpoint: PathLike, cache_dir: Optional[PathLike] = Non
     return path
 
 
+def _installed(*modules: str) -> bool:
+    import importlib.util
+    return all(importlib.util.find_spec(name) is not None for name in modules)
+
+
 def resolve_backend(model_path: PathLike, device: str, precision: str, compile: bool) -> Tuple[str, str]:
-    """The backend 'auto' runs, and why: ONNX Runtime for an .onnx file, and for an fp32 checkpoint on the
-    CPU (its fastest fp32 path: see the README's speed section) when onnxruntime is installed; PyTorch
-    otherwise (CUDA, bf16/fp16, --compile, or no onnxruntime)."""
-    if Path(model_path).suffix.lower() == '.onnx':
-        return 'onnxruntime', 'an .onnx model'
+    """The backend 'auto' runs, and why. On the CPU, in fp32 or bf16 and without --compile: OpenVINO when it
+    is installed (the fastest path measured, in both precisions: see the README's speed section), else ONNX
+    Runtime in fp32; PyTorch otherwise (CUDA, fp16, --compile, bf16 without OpenVINO, neither installed)."""
     from lksmn_arch.complexity import resolve_device
+    is_onnx = Path(model_path).suffix.lower() == '.onnx'
     if resolve_device(device).type != 'cpu':
-        return 'torch', 'a CUDA device'
-    if precision != 'fp32' or compile:
-        return 'torch', f'--precision {precision}' if precision != 'fp32' else '--compile'
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return 'torch', 'onnxruntime is not installed (pip install "lksmn_arch[onnx]" for the faster CPU path)'
-    return 'onnxruntime', 'fp32 on the CPU: ONNX Runtime is the fastest fp32 path'
+        return ('onnxruntime', 'an .onnx model on CUDA') if is_onnx else ('torch', 'a CUDA device')
+    if compile:
+        return 'torch', '--compile'
+    if precision in ('fp32', 'bf16') and _installed('openvino', 'onnx'):
+        return 'openvino', f'{precision} on the CPU: OpenVINO is the fastest path'
+    if precision == 'fp32' and _installed('onnxruntime', 'onnx'):
+        return 'onnxruntime', 'fp32 on the CPU: ONNX Runtime is the fastest path installed (the openvino extra is faster)'
+    if is_onnx:
+        return 'onnxruntime', 'an .onnx model'
+    if precision == 'bf16':
+        return 'torch', 'bf16 without OpenVINO (pip install "lksmn_arch[openvino]" for the faster bf16 path)'
+    return 'torch', ('neither OpenVINO nor ONNX Runtime is installed (pip install "lksmn_arch[openvino]" for the '
+                     'faster CPU path)')
 
 
 def build_upscaler(model_path: PathLike, *, backend: str = 'auto', tile: int = 0, tile_pad: int = 32,
@@ -250,37 +259,48 @@ def build_upscaler(model_path: PathLike, *, backend: str = 'auto', tile: int = 0
                    compile: bool = False, log: Optional[Any] = None) -> Upscaler:
     """An Upscaler for an LKSMN checkpoint or an .onnx file; ``backend`` 'auto' picks as ``resolve_backend``.
 
-    With 'auto', a checkpoint bound for ONNX Runtime is exported once into ``onnx_cache_dir()``; if that
-    export fails, the PyTorch path runs instead, with a line saying why. ``log`` receives one line naming the
-    backend in use (default: none).
+    A checkpoint bound for OpenVINO or ONNX Runtime is exported once into ``onnx_cache_dir()`` (verified
+    against PyTorch); if that export fails under 'auto', the PyTorch path runs instead, with a line saying
+    why. ``log`` receives one line naming the backend in use (default: none).
     """
     if backend not in BACKENDS:
         raise ValueError(f'--backend must be one of {list(BACKENDS)}, got {backend!r}')
     model_path = Path(model_path)
     say = log or (lambda line: None)
     options = dict(tile=tile, tile_pad=tile_pad, precision=precision, tta=tta, progress=progress)
+    reason = None
     if backend == 'auto':
         backend, reason = resolve_backend(model_path, device, precision, compile)
-        if backend == 'onnxruntime' and model_path.suffix.lower() != '.onnx':
-            if not model_path.is_file():
-                raise FileNotFoundError(f'checkpoint {model_path} does not exist (or is not a file)')
-            try:
-                onnx_path = cached_onnx_export(model_path)
-            except (RuntimeError, ValueError, ImportError) as error:
-                say(f'backend: PyTorch (the ONNX export failed: {str(error).splitlines()[0][:200]})')
-                return Upscaler.from_checkpoint(str(model_path), device=device, compile=compile, **options)
-            from lksmn_arch.export import OnnxModel
-            say(f'backend: ONNX Runtime ({reason}; export cached at {onnx_path})')
-            return Upscaler(OnnxModel(onnx_path, device='cpu'), **options)
-        say(f'backend: {"ONNX Runtime" if backend == "onnxruntime" else "PyTorch"} ({reason})')
-    if backend == 'onnxruntime':
-        from lksmn_arch.export import OnnxModel
-        if compile:
-            raise ValueError('--compile is for the torch backend; an ONNX model is already compiled by ONNX Runtime')
-        return Upscaler(OnnxModel(model_path, device=device), **options)
-    if model_path.suffix.lower() == '.onnx':
-        raise ValueError(f'-m {model_path} is an ONNX model; use --backend onnxruntime for it')
-    return Upscaler.from_checkpoint(str(model_path), device=device, compile=compile, **options)
+    if backend == 'torch':
+        if model_path.suffix.lower() == '.onnx':
+            raise ValueError(f'-m {model_path} is an ONNX model; use --backend onnxruntime for it')
+        say(f'backend: PyTorch ({reason or "--backend torch"})')
+        return Upscaler.from_checkpoint(str(model_path), device=device, compile=compile, **options)
+    if compile:
+        raise ValueError(f'--compile is for the torch backend; --backend {backend} compiles the exported model itself')
+    if device == 'cuda' and backend == 'openvino':
+        raise ValueError('--backend openvino runs on the CPU; use --device cpu or --backend torch')
+    onnx_path = model_path
+    if model_path.suffix.lower() != '.onnx':
+        if not model_path.is_file():
+            raise FileNotFoundError(f'checkpoint {model_path} does not exist (or is not a file)')
+        try:
+            onnx_path = cached_onnx_export(model_path)
+        except (RuntimeError, ValueError, ImportError) as error:
+            if reason is None:  # asked for explicitly: an error, not a silent change of backend
+                raise
+            say(f'backend: PyTorch (the ONNX export failed: {str(error).splitlines()[0][:200]})')
+            return Upscaler.from_checkpoint(str(model_path), device=device, compile=compile, **options)
+    from lksmn_arch.export import OnnxModel, OpenVinoModel
+    if backend == 'openvino':
+        model: Any = OpenVinoModel(onnx_path, precision=precision)
+        name = 'OpenVINO'
+    else:
+        model = OnnxModel(onnx_path, device=device)
+        name = 'ONNX Runtime'
+    where = f'; export cached at {onnx_path}' if onnx_path != model_path else ''
+    say(f'backend: {name} ({reason or f"--backend {backend}"}{where})')
+    return Upscaler(model, **options)
 
 
 def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathLike, model_path: PathLike, *,
@@ -348,12 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='lksmn-upscale',
         description='Upscale images (a file or a folder) with an LKSMN checkpoint, or with an ONNX export of one '
-        '(--backend onnxruntime). RGB, gray, RGBA, 8- and 16-bit images; EXIF orientation is applied. '
+        '(--backend onnxruntime|openvino). RGB, gray, RGBA, 8- and 16-bit images; EXIF orientation is applied. '
         'Unreadable files are reported and skipped (exit status 1 at the end).')
     parser.add_argument('-i', '--input', required=True, help='an image file or a folder of images')
     parser.add_argument('-o', '--output', required=True, help='output folder (created if missing)')
     parser.add_argument('-m', '--model', required=True,
-                        help='LKSMN checkpoint (.pth); an .onnx file with --backend onnxruntime')
+                        help='LKSMN checkpoint (.pth), or an .onnx file from lksmn-export (backends auto, '
+                        'onnxruntime, openvino)')
     parser.add_argument('--tile', type=int, default=0,
                         help='tile size in input pixels, 0 for the whole image at once (default 0). Tiles bound '
                         'memory for large images; the output differs slightly from whole-image output')
@@ -361,18 +382,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help='context pixels around each tile, also the half-width of the blending band (default 32)')
     parser.add_argument('--device', default='auto', choices=DEVICES, help='default auto: CUDA if available')
     parser.add_argument('--precision', default='fp32', choices=tuple(PRECISIONS),
-                        help='fp32 (default), bf16, or fp16 (CUDA only; refused on the CPU). torch backend only')
+                        help='fp32 (default), bf16 (PyTorch and OpenVINO), or fp16 (CUDA only; refused on the CPU)')
     parser.add_argument('--tta', action='store_true', help='x8 self-ensemble (flips/rotations averaged; 8x slower)')
     parser.add_argument('--suffix', default=None, help='added to output file names (default _x<scale>)')
     parser.add_argument('--ext', default='auto', choices=OUTPUT_EXTENSIONS,
                         help='output format; auto keeps the input format, but uses png where the input format '
                         'would lose alpha or 16 bits (default auto)')
     parser.add_argument('--backend', default='auto', choices=BACKENDS,
-                        help='auto (default): the fastest path for the request: for an fp32 checkpoint on the CPU, '
-                        'ONNX Runtime on an export made once and cached (LKSMN_CACHE_DIR, default '
-                        '~/.cache/lksmn_arch/onnx) when onnxruntime is installed; PyTorch (fused, channels_last) '
-                        'on CUDA, for bf16/fp16, with --compile, or without onnxruntime. torch: always PyTorch. '
-                        'onnxruntime: an .onnx file from lksmn-export')
+                        help='auto (default): the fastest path for the request. On the CPU in fp32 or bf16: '
+                        'OpenVINO (the openvino extra), else ONNX Runtime in fp32 (the onnx extra), on an export '
+                        'of the checkpoint made once, verified and cached (LKSMN_CACHE_DIR, default '
+                        '~/.cache/lksmn_arch/onnx); PyTorch (fused, channels_last) on CUDA, for fp16, with '
+                        '--compile, or when neither is installed. torch, onnxruntime, openvino: that backend '
+                        '(-m a checkpoint, or an .onnx file from lksmn-export for the last two)')
     parser.add_argument('--alpha', default='network', choices=ALPHA_MODES,
                         help='how an alpha channel is upscaled: through the network (default) or bicubic')
     parser.add_argument('--compile', action='store_true',

@@ -1,4 +1,5 @@
 """lksmn-export and the ONNX Runtime backend: dynamic shapes, agreement with PyTorch, the CLI."""
+import importlib.util
 import os
 import stat
 import sys
@@ -11,7 +12,7 @@ import torch
 import lksmn_arch  # noqa: F401
 from lksmn_arch import export
 from lksmn_arch.archs.lksmn_arch import LKSMN
-from lksmn_arch.export import OnnxModel, create_session
+from lksmn_arch.export import OnnxModel, OpenVinoModel, create_session
 from lksmn_arch.upscale import onnx_cache_dir, resolve_backend, upscale_paths
 
 SCALE = 3  # odd, so that a wrong output size cannot come out right by accident
@@ -107,17 +108,20 @@ def _upscaled(folder) -> dict:
     return {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED).astype(int) for p in sorted(folder.iterdir())}
 
 
-def test_auto_backend_runs_onnxruntime_on_a_verified_export_made_once(exported, tmp_path, monkeypatch):
+@pytest.mark.parametrize('backend, name', [('auto', 'OpenVINO'), ('onnxruntime', 'ONNX Runtime'),
+                                           ('openvino', 'OpenVINO')])
+def test_runtime_backends_run_a_verified_export_of_the_checkpoint_made_once(exported, tmp_path, monkeypatch,
+                                                                              backend, name):
     checkpoint = exported[0]
     monkeypatch.setenv('LKSMN_CACHE_DIR', str(tmp_path / 'cache'))
     cv2.imwrite(str(tmp_path / 'rgb.png'), np.random.default_rng(1).integers(0, 256, (9, 11, 3), dtype=np.uint8))
     lines = []
     auto = upscale_paths(tmp_path / 'rgb.png', tmp_path / 'auto', checkpoint, device='cpu', progress=False,
-                         log=lines.append)
+                         log=lines.append, backend=backend)
     torch_ = upscale_paths(tmp_path / 'rgb.png', tmp_path / 'torch', checkpoint, backend='torch', device='cpu',
                            progress=False)
     assert auto.ok and torch_.ok
-    assert len(lines) == 1 and lines[0].startswith('backend: ONNX Runtime') and str(onnx_cache_dir()) in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f'backend: {name} (') and str(onnx_cache_dir()) in lines[0]
     cached = list((tmp_path / 'cache').iterdir())
     assert len(cached) == 1 and cached[0].suffix == '.onnx' and cached[0].name.startswith('lksmn_x3-')
     a, b = _upscaled(tmp_path / 'auto'), _upscaled(tmp_path / 'torch')
@@ -126,7 +130,8 @@ def test_auto_backend_runs_onnxruntime_on_a_verified_export_made_once(exported, 
     def no_second_export(*args, **kwargs):
         raise AssertionError('the cached export was made again')
     monkeypatch.setattr(export, 'export_checkpoint', no_second_export)
-    again = upscale_paths(tmp_path / 'rgb.png', tmp_path / 'again', checkpoint, device='cpu', progress=False)
+    again = upscale_paths(tmp_path / 'rgb.png', tmp_path / 'again', checkpoint, device='cpu', progress=False,
+                          backend=backend)
     assert again.ok and list((tmp_path / 'cache').iterdir()) == cached
 
 
@@ -145,13 +150,42 @@ def test_auto_backend_falls_back_to_pytorch_when_the_export_fails(exported, tmp_
 
 
 @pytest.mark.parametrize('model, precision, compile, expected', [
-    ('net.pth', 'fp32', False, 'onnxruntime'), ('net.onnx', 'fp32', False, 'onnxruntime'),
-    ('net.pth', 'bf16', False, 'torch'), ('net.pth', 'fp32', True, 'torch')])
-def test_auto_backend_takes_pytorch_where_onnxruntime_cannot_do_what_was_asked(model, precision, compile, expected):
+    ('net.pth', 'fp32', False, 'openvino'), ('net.onnx', 'fp32', False, 'openvino'),
+    ('net.pth', 'bf16', False, 'openvino'), ('net.pth', 'fp32', True, 'torch')])
+def test_auto_backend_takes_openvino_on_the_cpu_unless_compile_is_asked_for(model, precision, compile, expected):
     assert resolve_backend(model, 'cpu', precision, compile)[0] == expected
 
 
-def test_auto_backend_takes_pytorch_without_onnxruntime(monkeypatch):
-    monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # import fails, as when it is not installed
+def _not_installed(monkeypatch, *modules):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name in modules else real(name, *a))
+
+
+def test_auto_backend_falls_back_to_onnxruntime_then_pytorch_when_runtimes_are_missing(monkeypatch):
+    _not_installed(monkeypatch, 'openvino')
+    assert resolve_backend('net.pth', 'cpu', 'fp32', False)[0] == 'onnxruntime'
+    backend, reason = resolve_backend('net.pth', 'cpu', 'bf16', False)
+    assert backend == 'torch' and 'bf16 without OpenVINO' in reason
+    _not_installed(monkeypatch, 'openvino', 'onnxruntime')
     backend, reason = resolve_backend('net.pth', 'cpu', 'fp32', False)
-    assert backend == 'torch' and 'onnxruntime is not installed' in reason
+    assert backend == 'torch' and 'neither OpenVINO nor ONNX Runtime is installed' in reason
+
+
+def test_openvino_model_matches_pytorch_at_several_sizes_and_runs_bf16(exported):
+    _, onnx_path, model = exported
+    fp32, bf16 = OpenVinoModel(onnx_path), OpenVinoModel(onnx_path, precision='bf16', cache_size=2)
+    assert fp32.scale == SCALE and fp32.config['num_heads'] == 2 and bf16.precision == 'bf16'
+    generator = torch.Generator().manual_seed(0)
+    for shape in [(1, 3, 17, 23), (2, 3, 9, 5), (1, 3, 1, 1), (1, 3, 17, 23)]:
+        x = torch.rand(*shape, generator=generator)
+        with torch.no_grad():
+            expected = model(x)
+        assert float((fp32(x) - expected).abs().max()) < 1e-4
+        assert float((bf16(x) - expected).abs().max()) < 0.05
+    assert len(fp32._requests) == 3 and len(bf16._requests) == 2  # one compilation per shape, the LRU bound kept
+
+
+def test_upscaler_refuses_a_precision_the_runtime_does_not_run(exported):
+    from lksmn_arch.inference import Upscaler
+    with pytest.raises(ValueError, match='runs in bf16'):
+        Upscaler(OpenVinoModel(exported[1], precision='bf16'), precision='fp32')

@@ -127,3 +127,22 @@ def test_fastest_latency_takes_paths_per_network_and_leaves_out_one_that_cannot_
                                                       'b': ['eager', 'onnxruntime']}, rounds=1, warmup=0, pause=0)
     assert best['a'][0] == 'channels_last' and best['b'][0] in ('eager', 'onnxruntime')
     assert all(seconds > 0 for _, seconds in best.values())
+
+
+def test_openvino_paths_run_the_network_and_give_a_peer_its_own_conversion_when_the_export_cannot():
+    torch.manual_seed(0)
+    model = LKSMN(upscale=2, num_feat=12, num_block=1, num_heads=2).eval()
+    x = torch.rand(1, 3, 9, 11)
+    with torch.no_grad():
+        expected = model(x)
+    assert float((make_forward(model, 'openvino')(x) - expected).abs().max()) < 1e-4
+    assert float((make_forward(model, 'bf16 openvino')(x) - expected).abs().max()) < 0.1
+
+    class PoolsToTheTracingSize(torch.nn.Module):  # like SAFMN: exports for the tracing input's size only
+        def forward(self, x):
+            pooled = torch.nn.functional.adaptive_max_pool2d(x, (x.shape[-2] // 2, x.shape[-1] // 2))
+            return torch.nn.functional.interpolate(pooled, size=x.shape[-2:], mode='nearest') + x
+
+    peer = PoolsToTheTracingSize()
+    y = torch.rand(1, 3, 10, 14)
+    assert float((make_forward(peer, 'openvino')(y) - peer(y)).abs().max()) < 1e-5
