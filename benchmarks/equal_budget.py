@@ -750,15 +750,20 @@ def load_trained(network: Network, scale: int, checkpoint: Optional[Path]) -> nn
     return model.float().cpu().eval()
 
 
-PYTORCH_TIMING_PATHS = ('channels_last', 'compile', 'compile_channels_last')
+PEER_TIMING_PATHS = ('channels_last', 'compile', 'compile_channels_last', 'openvino')
+LKSMN_TIMING_PATHS = ('channels_last', 'onnxruntime', 'openvino')
 
 
 def timing_paths(networks: Sequence[Network]) -> Dict[str, Tuple[str, ...]]:
-    """The paths each network is timed on: PyTorch's fastest ones, and for LKSMN also ONNX Runtime (its
-    fastest fp32 CPU path; ``lksmn-upscale`` runs it) when onnxruntime is installed. Peers are not exported:
-    SAFMN's export fails at 180x320 (adaptive pooling) and SPAN's crashes ONNX Runtime 1.31."""
-    has_ort = importlib.util.find_spec('onnxruntime') is not None and importlib.util.find_spec('onnx') is not None
-    return {n.name: PYTORCH_TIMING_PATHS + (('onnxruntime',) if n.arch == 'LKSMN' and has_ort else ())
+    """The paths each network is timed on, the candidates for its fastest one (benchmarks/speed.py times them
+    all): peers on PyTorch (channels_last, torch.compile) and OpenVINO; LKSMN networks on channels_last, ONNX
+    Runtime and OpenVINO (lksmn-upscale's backends; torch.compile never beat ONNX Runtime for LKSMN in
+    speed.py). A runtime that is not installed is left out. Peers are not run on ONNX Runtime: SAFMN's export
+    fails at 180x320 (adaptive pooling) and SPAN's crashes ONNX Runtime 1.31."""
+    installed = {path: all(importlib.util.find_spec(m) is not None for m in modules)
+                 for path, modules in (('onnxruntime', ('onnxruntime', 'onnx')), ('openvino', ('openvino', 'onnx')))}
+    return {n.name: tuple(p for p in (LKSMN_TIMING_PATHS if n.arch == 'LKSMN' else PEER_TIMING_PATHS)
+                          if installed.get(p, True))
             for n in networks}
 
 
@@ -1001,7 +1006,8 @@ scores: PSNR and SSIM on the Y channel, border = scale (BasicSR's calculate_psnr
 timing: a separate phase after ALL training has finished (never while a run trains): every network, with the
   trained weights of its first seed, in fp32 on the CPU, through lksmn_arch.latency.fastest_latency (its
   fastest inference path, median, all models interleaved in one process), for a 1280x720 output. Paths:
-  channels_last, compile, compile_channels_last, and for LKSMN networks ONNX Runtime (when installed).
+  peers channels_last, compile, compile_channels_last, OpenVINO; LKSMN networks channels_last, ONNX Runtime,
+  OpenVINO (the runtimes when installed).
   --no-timing skips it; earlier timings in OUT/{TIMING_FILE} of networks with the same options are then shown,
   marked *. Parameters and Multi-Adds (1280x720 output, lksmn_arch.complexity) are always reported.
 
