@@ -51,8 +51,11 @@ QUICK_MEMORY_SIZE = (270, 480)  # 1920x1080 output
 PEERS = ('SAFMN', 'SPAN', 'SwinIR-light')
 TRAINING_FORM = 'eager (training form)'
 # (network, path) pairs that take the whole process down, so they are reported, not run
+_SPAN_CRASH = ('not run: exporting SPAN for this runtime crashed this process (segmentation fault in '
+               'libtorch_cpu, torch 2.13)')
 NOT_RUN = {('SPAN', 'onnxruntime'): 'not run: the exported SPAN crashes this process (segmentation fault) when '
-           'ONNX Runtime 1.31 builds or runs it'}
+           'ONNX Runtime 1.31 builds or runs it',
+           ('SPAN', 'openvino'): _SPAN_CRASH, ('SPAN', 'bf16 openvino'): _SPAN_CRASH}
 BF16_CPU_PATHS = ('bf16 channels_last', 'bf16 compile_channels_last')
 GPU_HALF_PATHS = ('fp16 channels_last', 'bf16 channels_last')
 
