@@ -299,3 +299,23 @@ def test_tiny_study_end_to_end_then_reused(tmp_path, capsys, monkeypatch, one_th
     assert (out / 'runs' / 'tiny_x2_s0' / 'score.json').is_file()
     assert [p.name for p in (out / 'runs' / 'tiny_x2_s0' / 'results').iterdir()] == ['tiny_x2_s0']  # none archived
     assert [p.stat().st_mtime_ns for p in checkpoints] == stamps
+
+
+@pytest.mark.parametrize('name', [n for n, entry in eb.NETWORKS.items() if entry.arch == 'LKSMN'])
+def test_every_study_network_round_trips_through_a_checkpoint_with_its_parameter_count(tmp_path, name):
+    """Each LKSMN entry of the study: shapes, parameters (as the table reports them) and a checkpoint that
+    lksmn-upscale / lksmn-export rebuild into the same network from tensor shapes alone."""
+    from lksmn_arch.checkpoint import build_model_from_checkpoint
+    network = eb.parse_network(name)
+    torch.manual_seed(0)
+    model = build_network({'type': 'LKSMN', 'upscale': 4, **network.kwargs}).eval()
+    assert count_parameters(model) == eb.check_network(network, 4)['params']
+    torch.save({'params': model.state_dict()}, tmp_path / 'net.pth')
+    rebuilt, config = build_model_from_checkpoint(tmp_path / 'net.pth')
+    for key in ('num_feat', 'num_block', 'num_heads', 'norm', 'ffn', 'mdta', 'mlfa'):
+        assert config[key] == network.kwargs[key], key
+    assert [list(k) for k in config['lkcd_kernels']] == network.kwargs['lkcd_kernels']
+    x = torch.rand(1, 3, 6, 5)
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (1, 3, 24, 20) and torch.equal(rebuilt(x), out)

@@ -441,8 +441,10 @@ class LKSMN(nn.Module):
     In the study (demo recipe, 2000 iterations, 2 seeds, held-out photos, x4) this default gained +1.17 dB over
     bicubic against +1.08 dB for the first default (``NAMED_CONFIGS['v1']``: 5 blocks, LayerNorm, Restormer's
     gated-dconv feed-forward, LKCD reach 9/21/33 with dilations 2/3/4) and +0.64 dB for SAFMN; LayerNorm in
-    its place gave +1.03 dB. benchmarks/speed.py: 1.6-1.9x faster than v1 on every path; its fastest fp32 CPU
-    path is 1.37x SAFMN's. ``LKSMN(**NAMED_CONFIGS['v1'])`` builds the first default.
+    its place gave +1.03 dB; without MLFA +0.90, without the feed-forward +0.86, without MDTA +1.13, with one
+    LKCD group +1.18 (seed 0; v2's seed 0: +1.18). At 5x the iterations v1 reached +1.46 dB and v2 +1.40.
+    benchmarks/speed.py: 1.5-1.9x faster than v1 on every inference path; its fastest fp32 CPU path (OpenVINO)
+    is 1.13x SAFMN's. ``LKSMN(**NAMED_CONFIGS['v1'])`` builds the first default.
 
     Args:
         upscale: scale factor, 2, 3 or 4.
