@@ -50,6 +50,7 @@ from lksmn_arch.checkpoint import load_state_dict
 from lksmn_arch.complexity import count_multi_adds, count_parameters, lr_size_for_output
 from lksmn_arch.dataset_checks import DatasetError, check_dataset_options
 from lksmn_arch.demo import TEST_PHOTOS, TRAIN_PHOTOS, demo_options, write_photos
+from lksmn_arch.latency import RUNTIME_MODULES, runtime_installed
 from lksmn_arch.pipeline import run_testing, run_training
 from lksmn_arch.prepare import PrepareError, SubImageSettings, list_images, prepare_benchmark, prepare_div2k
 
@@ -760,8 +761,7 @@ def timing_paths(networks: Sequence[Network]) -> Dict[str, Tuple[str, ...]]:
     Runtime and OpenVINO (lksmn-upscale's backends; torch.compile never beat ONNX Runtime for LKSMN in
     speed.py). A runtime that is not installed is left out. Peers are not run on ONNX Runtime: SAFMN's export
     fails at 180x320 (adaptive pooling) and SPAN's crashes ONNX Runtime 1.31."""
-    installed = {path: all(importlib.util.find_spec(m) is not None for m in modules)
-                 for path, modules in (('onnxruntime', ('onnxruntime', 'onnx')), ('openvino', ('openvino', 'onnx')))}
+    installed = {runtime: runtime_installed(runtime) for runtime in RUNTIME_MODULES}
     return {n.name: tuple(p for p in (LKSMN_TIMING_PATHS if n.arch == 'LKSMN' else PEER_TIMING_PATHS)
                           if installed.get(p, True))
             for n in networks}

@@ -8,7 +8,6 @@ scale, BasicSR's metrics, as the benchmarks count them) and the difference to fp
     python benchmarks/precision_psnr.py -m demo_output/experiments/LKSMN_x4_demo/models/net_g_latest.pth
 """
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from lksmn_arch.checkpoint import build_model_from_checkpoint
 from lksmn_arch.complexity import resolve_device
 from lksmn_arch.demo import TEST_PHOTOS, _photo
 from lksmn_arch.inference import Upscaler
+from lksmn_arch.latency import runtime_installed
 from lksmn_arch.upscale import build_upscaler
 
 
@@ -46,7 +46,7 @@ def precision_report(checkpoint: str, device: str = 'auto', precisions: Optional
     torch_device = resolve_device(device)
     if precisions is None:
         precisions = ['fp32', 'bf16'] + (['fp16'] if torch_device.type == 'cuda' else [])
-        if torch_device.type == 'cpu' and importlib.util.find_spec('openvino') is not None:
+        if torch_device.type == 'cpu' and runtime_installed('openvino'):
             precisions += ['openvino fp32', 'openvino bf16']  # lksmn-upscale's default CPU backend
     pairs = held_out_pairs(scale)
     scores: Dict[str, Dict[str, tuple]] = {}

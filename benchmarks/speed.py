@@ -22,7 +22,6 @@ Not a test: a measurement to run on a quiet machine. Phases, each free of the ot
 Latency depends on thread count and on what else runs: compare rows of one run, on one machine.
 """
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -42,7 +41,8 @@ import lksmn_arch  # noqa: F401  (compat fixes before basicsr)
 from lksmn_arch.archs.lksmn_arch import LKSMN
 from lksmn_arch.complexity import count_multi_adds, count_parameters, peak_forward_memory, resolve_device
 from lksmn_arch.inference import Upscaler
-from lksmn_arch.latency import ALL_PATHS, FP32_PATHS, OPENVINO_PATHS, inference_form, make_forward, median, time_interleaved
+from lksmn_arch.latency import (ALL_PATHS, FP32_PATHS, OPENVINO_PATHS, inference_form, make_forward, median,
+                                runtime_installed, time_interleaved)
 
 SCALE = 4
 LR_SIZE = (180, 320)  # (height, width): 1280x720 output at x4
@@ -127,7 +127,7 @@ def paths_for(name: str, device: torch.device, bf16: bool) -> List[str]:
         paths = [p for p in paths if not p.startswith('compile') or p == 'compile_channels_last'] + list(GPU_HALF_PATHS)
     elif bf16:
         paths += list(BF16_CPU_PATHS)
-    if device.type == 'cpu' and importlib.util.find_spec('openvino') is not None:
+    if device.type == 'cpu' and runtime_installed('openvino'):
         paths += [p for p in OPENVINO_PATHS if bf16 or not p.startswith('bf16')]
     if name.startswith('LKSMN'):
         paths.insert(0, TRAINING_FORM)

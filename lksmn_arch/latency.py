@@ -10,6 +10,7 @@ instrumentation, so that a slow phase of the machine hits every candidate alike.
     # {'LKSMN': ('compile', 0.41), 'SAFMN': ('compile', 0.30)}   (path, median seconds)
 """
 import copy
+import importlib.util
 import statistics
 import tempfile
 import time
@@ -29,6 +30,13 @@ BF16_PATHS = ('bf16 channels_last', 'bf16 compile_channels_last')
 # at its first call, with fp32 or bf16 inference precision (``lksmn_arch.export.OpenVinoModel``).
 OPENVINO_PATHS = ('openvino', 'bf16 openvino')
 ALL_PATHS = FP32_PATHS + BF16_PATHS + OPENVINO_PATHS
+# The packages each runtime needs: itself, and onnx for the export it runs.
+RUNTIME_MODULES = {'onnxruntime': ('onnxruntime', 'onnx'), 'openvino': ('openvino', 'onnx')}
+
+
+def runtime_installed(runtime: str) -> bool:
+    """Whether ``runtime`` ('onnxruntime' or 'openvino') and the onnx package its export needs can be imported."""
+    return all(importlib.util.find_spec(module) is not None for module in RUNTIME_MODULES[runtime])
 
 
 def inference_form(model: nn.Module) -> nn.Module:
@@ -58,19 +66,18 @@ def make_forward(model: nn.Module, path: str, *, device: torch.device = torch.de
     if path not in ALL_PATHS:
         raise ValueError(f'unknown path {path!r}; choose from {list(ALL_PATHS)}')
     net = inference_form(model) if fuse else copy.deepcopy(model).eval()
-    if base == 'openvino':
-        from lksmn_arch.export import export_onnx
-        folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix='lksmn_latency_'))
-        try:
-            onnx_path: Optional[Path] = export_onnx(net.cpu(), folder / f'{type(model).__name__}_{id(net)}_ov.onnx')
-        except RuntimeError:
-            onnx_path = None
-        return _openvino_forward(net.cpu().float(), onnx_path, dtype, threads)
-    if base == 'onnxruntime':
+    if base in ('openvino', 'onnxruntime'):
         from lksmn_arch.export import OnnxModel, export_onnx
         folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix='lksmn_latency_'))
-        onnx_path = export_onnx(net.cpu(), folder / f'{type(model).__name__}_{id(net)}.onnx')
-        session = OnnxModel(onnx_path, device=device.type, threads=threads if device.type == 'cpu' else None)
+        target = folder / f'{type(model).__name__}_{id(net)}_{base}.onnx'
+        if base == 'openvino':
+            try:
+                onnx_path: Optional[Path] = export_onnx(net.cpu(), target)
+            except RuntimeError:
+                onnx_path = None
+            return _openvino_forward(net.cpu().float(), onnx_path, dtype, threads)
+        session = OnnxModel(export_onnx(net.cpu(), target), device=device.type,
+                            threads=threads if device.type == 'cpu' else None)
         return lambda x: session(x)
     channels_last = base.endswith('channels_last')
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -90,7 +97,7 @@ def _openvino_forward(net: nn.Module, onnx_path: Optional[Path], dtype: torch.dt
     gets OpenVINO's best."""
     import openvino as ov
 
-    from lksmn_arch.export import OpenVinoModel
+    from lksmn_arch.export import OpenVinoModel, openvino_config
 
     precision = 'bf16' if dtype == torch.bfloat16 else 'fp32'
     exported = None
@@ -99,9 +106,7 @@ def _openvino_forward(net: nn.Module, onnx_path: Optional[Path], dtype: torch.dt
             exported = OpenVinoModel(onnx_path, precision=precision, threads=threads)
         except Exception:  # noqa: BLE001  (OpenVINO's error types; the converted route below still runs)
             exported = None
-    config = {'INFERENCE_PRECISION_HINT': OpenVinoModel.PRECISION_HINTS[precision], 'PERFORMANCE_HINT': 'LATENCY'}
-    if threads:
-        config['INFERENCE_NUM_THREADS'] = threads
+    config = openvino_config(precision, threads)
     converted: Dict[Tuple[int, ...], object] = {}
 
     def run(x: torch.Tensor) -> torch.Tensor:

@@ -212,7 +212,7 @@ def cached_onnx_export(checkpoint: PathLike, cache_dir: Optional[PathLike] = Non
 
     import torch
 
-    from lksmn_arch.export import export_checkpoint
+    from lksmn_arch.export import VERIFY_TOLERANCE, export_checkpoint
     from lksmn_arch.version import __version__
 
     checkpoint = Path(checkpoint)
@@ -223,13 +223,12 @@ def cached_onnx_export(checkpoint: PathLike, cache_dir: Optional[PathLike] = Non
     digest.update(f'lksmn_arch {__version__} torch {torch.__version__}'.encode())
     path = Path(cache_dir or onnx_cache_dir()) / f'{checkpoint.stem}-{digest.hexdigest()[:16]}.onnx'
     if not path.is_file():
-        export_checkpoint(checkpoint, path)  # atomic: a concurrent or killed export leaves no partial file
+        _, _, diff = export_checkpoint(checkpoint, path)  # atomic: a concurrent or killed export leaves no partial file
+        if not diff < VERIFY_TOLERANCE:
+            path.unlink()
+            raise ValueError(f'the ONNX export of {checkpoint} differs from PyTorch by {diff:.2e} (tolerance '
+                             f'{VERIFY_TOLERANCE:g}); the file was removed')
     return path
-
-
-def _installed(*modules: str) -> bool:
-    import importlib.util
-    return all(importlib.util.find_spec(name) is not None for name in modules)
 
 
 def resolve_backend(model_path: PathLike, device: str, precision: str, compile: bool) -> Tuple[str, str]:
@@ -237,14 +236,15 @@ def resolve_backend(model_path: PathLike, device: str, precision: str, compile: 
     is installed (the fastest path measured, in both precisions: see the README's speed section), else ONNX
     Runtime in fp32; PyTorch otherwise (CUDA, fp16, --compile, bf16 without OpenVINO, neither installed)."""
     from lksmn_arch.complexity import resolve_device
+    from lksmn_arch.latency import runtime_installed
     is_onnx = Path(model_path).suffix.lower() == '.onnx'
     if resolve_device(device).type != 'cpu':
         return ('onnxruntime', 'an .onnx model on CUDA') if is_onnx else ('torch', 'a CUDA device')
     if compile:
         return 'torch', '--compile'
-    if precision in ('fp32', 'bf16') and _installed('openvino', 'onnx'):
+    if precision in ('fp32', 'bf16') and runtime_installed('openvino'):
         return 'openvino', f'{precision} on the CPU: OpenVINO is the fastest path'
-    if precision == 'fp32' and _installed('onnxruntime', 'onnx'):
+    if precision == 'fp32' and runtime_installed('onnxruntime'):
         return 'onnxruntime', 'fp32 on the CPU: ONNX Runtime is the fastest path installed (the openvino extra is faster)'
     if is_onnx:
         return 'onnxruntime', 'an .onnx model'
