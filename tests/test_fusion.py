@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import lksmn_arch  # noqa: F401
-from lksmn_arch.archs.lksmn_arch import LKSMN, LayerNorm2d
+from lksmn_arch.archs.lksmn_arch import LKSMN, MDTA, LayerNorm2d
 
 VARIANTS = {
     'default': {},
@@ -50,11 +50,11 @@ def test_fused_network_matches_the_training_form_on_odd_sizes(variant, scale):
         assert float((got_channels_last - expected).abs().max()) < 1e-5
 
 
-def test_fusing_removes_the_norm_affines_and_merges_parallel_convs():
+def test_fusing_removes_the_norm_affines_merges_group_convs_and_splits_qkv():
     block = LKSMN(num_feat=24, num_block=1, norm='layernorm').fuse_for_inference().blocks[0]
     assert block.norm_spatial.weight is None and block.norm_channel.weight is None
-    assert not hasattr(block.msma, 'attention_in') and block.msma.attention_value.out_channels == 48
-    assert block.msma.pointwise.groups == 3 and block.mdta.projection_folded
+    assert block.msma.pointwise.groups == 3 and not hasattr(block.mdta, 'qkv')
+    assert [branch[0].out_channels for branch in (block.mdta.query, block.mdta.key, block.mdta.value)] == [24] * 3
     # the default: BatchNorm folds away before 1x1 convs; the groups share dilation 3, so all depthwise convs merge
     block = LKSMN(num_feat=24, num_block=1).fuse_for_inference().blocks[0]
     assert isinstance(block.norm_spatial, torch.nn.Identity) and isinstance(block.norm_channel, torch.nn.Identity)
@@ -70,3 +70,17 @@ def test_fused_network_refuses_training_and_fusing_twice_is_harmless():
     assert model.fuse_for_inference() is model and not model.training
     with pytest.raises(RuntimeError, match='fused for inference'):
         model.train()
+
+
+def test_fused_mdta_in_float16_normalises_before_the_product_so_large_activations_do_not_overflow():
+    torch.manual_seed(0)
+    mdta = MDTA(48, 4).eval()
+    x = torch.randn(1, 48, 64, 64) * 30  # q^T k over 4096 pixels exceeds float16's 65504
+    with torch.no_grad():
+        expected = mdta.double()(x.double())
+        fused = copy.deepcopy(mdta).float()
+        fused.fuse(None)
+        assert float((fused(x) - expected).abs().max()) < 1e-4
+        half = fused.half()(x.half())
+    assert torch.isfinite(half).all()
+    assert float((half.double() - expected).abs().max()) < 0.05

@@ -59,7 +59,7 @@ def test_whole_image_inference_is_the_network_output_and_leaves_the_network_in_t
     assert float((default - expected).abs().max()) < 1e-5
     plain = Upscaler(model, device='cpu', fuse=False, channels_last=False).upscale_tensor(x)
     assert torch.equal(plain, expected)
-    assert not model.fused and model.blocks[0].msma.attention_value is None
+    assert not model.fused and model.blocks[0].msma.local is None
 
 
 @pytest.mark.parametrize('tile', [17, 18, 64])

@@ -7,8 +7,9 @@ Restormer's MDTA and gated feed-forward, SAFMN's convolutional channel mixer). S
 docstring for what is the paper's and what is ours.
 
 Every module has a training form (what checkpoints hold) and an exact inference form, made by
-``LKSMN.fuse_for_inference()``: normalisation affines folded into the convs that read them, parallel
-convs merged, MDTA's output projection folded into its attention matrix.
+``LKSMN.fuse_for_inference()``: normalisation affines folded into the convs that read them, MSMA's
+per-group convs merged, MDTA computed on channels-last matrices with its output projection folded into
+its attention matrix.
 """
 import math
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -45,19 +46,26 @@ def _fold_affine_into_conv(conv: nn.Conv2d, affine: Affine) -> None:
 
 
 @torch.no_grad()
-def _merge_convs(convs: Sequence[nn.Conv2d], *, groups: int = 1) -> nn.Conv2d:
-    """One conv whose output channels are those of ``convs`` stacked.
-
-    ``groups=1``: the convs all read the same input (parallel convs). ``groups=len(convs)``: conv i reads the
-    i-th channel group of the input (the grouped conv that replaces split, convs, concatenate).
-    """
-    first = convs[0]
-    merged = nn.Conv2d(first.in_channels * (groups if groups > 1 else 1), sum(c.out_channels for c in convs),
-                       first.kernel_size, padding=first.padding, dilation=first.dilation,
-                       groups=groups if groups > 1 else first.groups, bias=True)
+def _merge_grouped(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
+    """One grouped conv that replaces split, ``convs``, concatenate: conv i reads the i-th channel group."""
+    first, groups = convs[0], len(convs)
+    merged = nn.Conv2d(first.in_channels * groups, sum(c.out_channels for c in convs), first.kernel_size,
+                       padding=first.padding, dilation=first.dilation, groups=groups, bias=True)
     merged.weight.copy_(torch.cat([c.weight for c in convs]))
     merged.bias.copy_(torch.cat([c.bias if c.bias is not None else torch.zeros(c.out_channels) for c in convs]))
     return merged.to(first.weight.device, first.weight.dtype)
+
+
+@torch.no_grad()
+def _slice_conv(conv: nn.Conv2d, start: int, stop: int) -> nn.Conv2d:
+    """The output channels start:stop of ``conv`` (dense or depthwise) as a conv of their own."""
+    depthwise = conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1
+    channels = stop - start
+    sliced = nn.Conv2d(channels if depthwise else conv.in_channels, channels, conv.kernel_size,
+                       padding=conv.padding, dilation=conv.dilation, groups=channels if depthwise else 1)
+    sliced.weight.copy_(conv.weight[start:stop])
+    sliced.bias.copy_(conv.bias[start:stop])
+    return sliced.to(conv.weight.device, conv.weight.dtype)
 
 
 @torch.no_grad()
@@ -200,10 +208,12 @@ class MSMA(nn.Module):
     query-key scores, multiplies a value branch. The attention branch is multi-scale: its channels are
     split into groups, each with an LKCD of a different reach (as MAN's MLKA does).
 
-    Inference form (``fuse``): attention_in and value, two 1x1 convs on the same input, become one; the
-    groups' local depthwise convs become one (smaller kernels zero-padded to the largest), and so do their
-    dilated convs when the groups share a dilation; their pointwise convs become one grouped 1x1 conv. A
-    depthwise conv over all channels runs several times faster per multiply-add than one per group.
+    Inference form (``fuse``): the groups' local depthwise convs become one (smaller kernels zero-padded to
+    the largest), and so do their dilated convs when the groups share a dilation; their pointwise convs
+    become one grouped 1x1 conv. A depthwise conv over all channels runs several times faster per
+    multiply-add than one per group. attention_in and value, two 1x1 convs on the same input, stay two:
+    merged, their output must be split again, which OpenVINO does with a copy that cost more than the
+    merge saved (benchmarks/speed.py, OpenVINO fp32: 9 ms of 300 for the three blocks).
     """
 
     def __init__(self, channels: int, lkcd_kernels: Sequence[Tuple[int, int]]) -> None:
@@ -215,22 +225,21 @@ class MSMA(nn.Module):
         self.value = nn.Conv2d(channels, channels, 1)
         self.project_out = nn.Conv2d(channels, channels, 1)
         # inference form (fuse)
-        self.attention_value: Optional[nn.Conv2d] = None
         self.local: Optional[nn.Conv2d] = None
         self.dilated: Optional[nn.Conv2d] = None
         self.pointwise: Optional[nn.Conv2d] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.attention_value is None:  # training form: each group's whole LKCD
-            attention = self._per_group(F.gelu(self.attention_in(x)), lambda lkcd, group: lkcd(group))
+        attention = F.gelu(self.attention_in(x))
+        if self.local is None:  # training form: each group's whole LKCD
+            attention = self._per_group(attention, lambda lkcd, group: lkcd(group))
             return self.project_out(attention * self.value(x))
-        attention, value = self.attention_value(x).chunk(2, dim=1)
-        attention = self.local(F.gelu(attention))
+        attention = self.local(attention)
         if self.dilated is not None:
             attention = self.dilated(attention)
         else:
             attention = self._per_group(attention, lambda lkcd, group: lkcd.dilated(group))
-        return self.project_out(self.pointwise(attention) * value)
+        return self.project_out(self.pointwise(attention) * self.value(x))
 
     def _per_group(self, x: torch.Tensor, apply: Callable[[LKCD, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``apply(lkcd, channel group)`` for each LKCD group, concatenated."""
@@ -244,12 +253,10 @@ class MSMA(nn.Module):
         if affine is not None:
             _fold_affine_into_conv(self.attention_in, affine)
             _fold_affine_into_conv(self.value, affine)
-        self.attention_value = _merge_convs([self.attention_in, self.value])
         self.local = _merge_depthwise([lkcd.local for lkcd in self.lkcd])
         if len({lkcd.dilated.dilation for lkcd in self.lkcd}) == 1:
             self.dilated = _merge_depthwise([lkcd.dilated for lkcd in self.lkcd])
-        self.pointwise = _merge_convs([lkcd.pointwise for lkcd in self.lkcd], groups=len(self.lkcd))
-        del self.attention_in, self.value
+        self.pointwise = _merge_grouped([lkcd.pointwise for lkcd in self.lkcd])
         for lkcd in self.lkcd:
             del lkcd.local, lkcd.pointwise
             if self.dilated is not None:
@@ -262,8 +269,13 @@ class MDTA(nn.Module):
     Each head's attention is a (C/heads x C/heads) matrix of cosine similarities between channel
     maps over the whole image, scaled by a learnable per-head temperature.
 
-    Inference form (``fuse``): the output projection is folded into the attention matrices (one C x C
-    matrix per image), which saves a full-resolution pass.
+    Inference form (``fuse``): the same function on (batch, H*W, C) matrices, which are free views of
+    channels-last tensors (the planar per-head matrices of the training form cost a layout copy on
+    OpenVINO, and the split of the fused qkv tensor a second one: 30 ms of 300 for three blocks):
+    - q, k and v come from three 1x1 + depthwise conv pairs (the qkv convs sliced), not one split tensor;
+    - one C x C Gram matrix q^T k, divided by the norms of q's and k's columns instead of normalising the
+      full-resolution q and k, and softmax over each head's diagonal block (the other entries -inf);
+    - the output projection folded into that attention matrix, which saves a full-resolution pass.
     """
 
     def __init__(self, channels: int, num_heads: int) -> None:
@@ -273,9 +285,14 @@ class MDTA(nn.Module):
         self.qkv = nn.Conv2d(channels, channels * 3, 1)
         self.qkv_dwconv = nn.Conv2d(channels * 3, channels * 3, 3, padding=1, groups=channels * 3)
         self.project_out = nn.Conv2d(channels, channels, 1)
-        self.projection_folded = False
+        # inference form (fuse)
+        self.query: Optional[nn.Sequential] = None
+        self.key: Optional[nn.Sequential] = None
+        self.value: Optional[nn.Sequential] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.query is not None:
+            return self._forward_fused(x)
         batch, channels, height, width = x.shape
         heads = self.num_heads
         qkv = self.qkv_dwconv(self.qkv(x)).reshape(batch, 3, heads, channels // heads, height * width)
@@ -283,20 +300,44 @@ class MDTA(nn.Module):
         q = F.normalize(q, dim=-1)
         k = F.normalize(k, dim=-1)
         attention = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1)
-        if not self.projection_folded:
-            out = (attention @ v).reshape(batch, channels, height, width)
-            return self.project_out(out)
-        # project_out(attention @ v) == (W_out @ blockdiag(attention)) @ v + b_out
-        weight = self.project_out.weight[:, :, 0, 0].reshape(channels, heads, channels // heads)
-        mixed = torch.einsum('ohc,bhcd->bohd', weight, attention).reshape(batch, channels, channels)
-        out = torch.baddbmm(self.project_out.bias.view(1, -1, 1), mixed, v.reshape(batch, channels, -1))
-        return out.reshape(batch, channels, height, width)
+        out = (attention @ v).reshape(batch, channels, height, width)
+        return self.project_out(out)
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+
+        def matrix(branch: nn.Module) -> torch.Tensor:  # (batch, H*W, C)
+            return branch(x).permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+
+        q, k, v = matrix(self.query), matrix(self.key), matrix(self.value)
+        if q.dtype == torch.float16:  # 5 exponent bits: q^T k over a whole image may overflow unless normalised first
+            cosine = F.normalize(q, dim=1).transpose(1, 2) @ F.normalize(k, dim=1)
+        else:
+            norm_q = q.norm(dim=1).clamp_min(1e-12)  # F.normalize's eps
+            norm_k = k.norm(dim=1).clamp_min(1e-12)
+            cosine = (q.transpose(1, 2) @ k) / (norm_q[:, :, None] * norm_k[:, None, :])
+        attention = (cosine * self.logit_scale + self.logit_mask).softmax(dim=-1)  # block diagonal, (B, C, C)
+        # project_out(attention @ v) == v @ (W_out @ attention)^T + b_out, in matrix form
+        mixed = self.project_out.weight[:, :, 0, 0] @ attention
+        out = torch.baddbmm(self.project_out.bias.view(1, 1, -1), v, mixed.transpose(1, 2))
+        return out.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
 
     @torch.no_grad()
     def fuse(self, affine: Optional[Affine]) -> None:
         if affine is not None:
             _fold_affine_into_conv(self.qkv, affine)
-        self.projection_folded = True
+        channels = self.project_out.out_channels
+        for index, name in enumerate(('query', 'key', 'value')):
+            span = index * channels, (index + 1) * channels
+            setattr(self, name, nn.Sequential(_slice_conv(self.qkv, *span), _slice_conv(self.qkv_dwconv, *span)))
+        head = torch.arange(channels, device=self.temperature.device) // (channels // self.num_heads)
+        same_head = head[:, None] == head[None, :]
+        # per row: its head's temperature; outside the head's block: -inf, so that softmax gives it 0
+        self.register_buffer('logit_scale', self.temperature.detach().view(-1)[head][:, None].expand(
+            channels, channels).clone(), persistent=False)
+        self.register_buffer('logit_mask', torch.zeros(channels, channels, device=head.device).masked_fill(
+            ~same_head, float('-inf')), persistent=False)
+        del self.qkv, self.qkv_dwconv
 
 
 class GatedFeedForward(nn.Module):
