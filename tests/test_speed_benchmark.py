@@ -140,3 +140,19 @@ def test_openvino_path_gives_a_peer_its_own_conversion_when_the_export_cannot():
     peer = PoolsToTheTracingSize()
     y = torch.rand(1, 3, 10, 14)
     assert float((make_forward(peer, 'openvino')(y) - peer(y)).abs().max()) < 1e-5
+
+
+def test_cross_check_compares_the_table_with_a_default_allocator_run_and_adds_a_keep_memory_run(monkeypatch):
+    calls = []
+
+    def fake_plain(name, path, options, env=None):
+        calls.append((name, path, (env or {}).get('GLIBC_TUNABLES')))
+        return 200.0 if env is None else 180.0
+
+    monkeypatch.setattr(speed, '_plain_subprocess', fake_plain)
+    monkeypatch.setattr(speed.platform, 'libc_ver', lambda: ('glibc', '2.36'))
+    rows = [speed.Row('SAFMN', 'eager', 1, 1, latency_ms=400.0), speed.Row('SAFMN', 'compile', 1, 1, latency_ms=210.0)]
+    [check] = speed.cross_check(rows, ['SAFMN'], rounds=1, warmup=0, threads=1, size='32x32', pause=0.0)
+    assert calls == [('SAFMN', 'compile', None), ('SAFMN', 'compile', speed.KEEP_MEMORY_TUNABLES)]
+    assert check['plain_ms'] == 200.0 and check['plain_keep_memory_ms'] == 180.0
+    assert abs(check['difference'] - 0.05) < 1e-9  # against the default-allocator run, as the table runs
