@@ -3,8 +3,9 @@
 A *path* is how a network runs: eager PyTorch in NCHW or channels_last, ``torch.compile`` (with
 freezing), ONNX Runtime, each in fp32 or bf16. ``make_forward`` builds one; an LKSMN is put in its
 inference form (``fuse_for_inference``) first, as ``lksmn-upscale`` runs it. ``time_interleaved`` times
-several forwards in round-robin rounds in one process, under the default allocator and no other
-instrumentation, so that a slow phase of the machine hits every candidate alike.
+several forwards in round-robin rounds in one process, under the default allocator (settled first, see
+``settle_allocator``) and no other instrumentation, so that a slow phase of the machine hits every
+candidate alike.
 
     best = fastest_latency({'LKSMN': lksmn, 'SAFMN': safmn}, input_shape=(1, 3, 180, 320))
     # {'LKSMN': ('compile', 0.41), 'SAFMN': ('compile', 0.30)}   (path, median seconds)
@@ -151,6 +152,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# glibc malloc's dynamic mmap threshold rises to the size of the largest mmapped block freed so far, up to
+# this ceiling, and the heap's trim threshold to twice that. Until it has, every forward of a network that
+# frees more than twice its largest tensor returns that memory to the OS and page-faults it back next call.
+GLIBC_MMAP_THRESHOLD_CEILING = 32 << 20
+
+
+def settle_allocator() -> None:
+    """Put glibc malloc in the state a process reaches after its first large image, so that a timing does not
+    depend on what the process ran before: one block just under the ceiling, allocated, touched and freed.
+
+    Without it, SAFMN's torch.compile path page-faulted ~20K pages (80 MB) per call in a fresh process and took
+    10-15% longer than in a process that had run other networks; with it, fresh and busy processes agree.
+    Still the default allocator: no mallopt, nothing a user's long-running process would not reach itself.
+    """
+    block = torch.empty(GLIBC_MMAP_THRESHOLD_CEILING - (1 << 16), dtype=torch.uint8)
+    block.fill_(0)
+    del block
+
+
 def time_interleaved(forwards: Dict[str, Forward], x: torch.Tensor, *, rounds: int = 10, warmup: int = 3,
                      pause: float = 0.0, on_progress: Optional[Callable[[str], None]] = None
                      ) -> Tuple[Dict[str, List[float]], Dict[str, float]]:
@@ -163,6 +183,7 @@ def time_interleaved(forwards: Dict[str, Forward], x: torch.Tensor, *, rounds: i
     Returns (times per name, seconds of each forward's first call: compilation, allocator warm-up). A
     forward that raises is dropped from later rounds and reported in its times as an empty list.
     """
+    settle_allocator()
     times: Dict[str, List[float]] = {name: [] for name in forwards}
     first: Dict[str, float] = {}
     alive = dict(forwards)

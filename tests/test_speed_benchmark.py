@@ -1,10 +1,12 @@
 """benchmarks/speed.py: what it measures and how it reports (not timings: those are the benchmark's job)."""
 import importlib.util
+import platform
 import subprocess
 import sys
 import types
 from pathlib import Path
 
+import pytest
 import torch
 
 import lksmn_arch  # noqa: F401
@@ -156,3 +158,38 @@ def test_cross_check_compares_the_table_with_a_default_allocator_run_and_adds_a_
     assert calls == [('SAFMN', 'compile', None), ('SAFMN', 'compile', speed.KEEP_MEMORY_TUNABLES)]
     assert check['plain_ms'] == 200.0 and check['plain_keep_memory_ms'] == 180.0
     assert abs(check['difference'] - 0.05) < 1e-9  # against the default-allocator run, as the table runs
+
+
+FAULTS_PER_CALL = '''
+import resource, sys, torch
+from lksmn_arch.latency import settle_allocator
+if sys.argv[1] == 'settled':
+    settle_allocator()
+def call():  # a forward-like call: three 10 MB temporaries, freed at the end
+    tensors = [torch.ones(10 << 18) for _ in range(3)]
+    del tensors
+call(); call()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    call()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 5)
+'''
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='glibc malloc behaviour')
+def test_settled_allocator_stops_a_fresh_process_from_page_faulting_its_temporaries_every_call():
+    def faults(mode: str) -> int:
+        result = subprocess.run([sys.executable, '-c', FAULTS_PER_CALL, mode], capture_output=True, text=True,
+                                check=True, cwd=REPO)
+        return int(result.stdout.strip().splitlines()[-1])
+
+    assert faults('fresh') > 400  # memory returned to the OS and faulted back at every call (512-5088 here)
+    assert faults('settled') < 100  # 0 here
+
+
+def test_interleaved_timing_settles_the_allocator_before_the_first_call(monkeypatch):
+    import lksmn_arch.latency as latency
+    events = []
+    monkeypatch.setattr(latency, 'settle_allocator', lambda: events.append('settle'))
+    latency.time_interleaved({'net': lambda x: events.append('call') or x}, torch.zeros(1), rounds=1, warmup=0)
+    assert events[0] == 'settle' and events.count('call') == 2
