@@ -98,7 +98,7 @@ def _openvino_forward(net: nn.Module, onnx_path: Optional[Path], dtype: torch.dt
     gets OpenVINO's best."""
     import openvino as ov
 
-    from lksmn_arch.export import OpenVinoModel, openvino_config
+    from lksmn_arch.export import OpenVinoModel, openvino_config, openvino_infer
 
     precision = 'bf16' if dtype == torch.bfloat16 else 'fp32'
     exported = None
@@ -108,7 +108,7 @@ def _openvino_forward(net: nn.Module, onnx_path: Optional[Path], dtype: torch.dt
         except Exception:  # noqa: BLE001  (OpenVINO's error types; the converted route below still runs)
             exported = None
     config = openvino_config(precision, threads)
-    converted: Dict[Tuple[int, ...], object] = {}
+    converted: Dict[Tuple[int, ...], Tuple[object, Tuple[int, ...]]] = {}  # shape: (request, output shape)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape)
@@ -120,10 +120,9 @@ def _openvino_forward(net: nn.Module, onnx_path: Optional[Path], dtype: torch.dt
         if shape not in converted:
             model = ov.convert_model(net, example_input=x.detach().cpu().float())
             model.reshape({model.inputs[0]: ov.PartialShape(list(shape))})
-            converted[shape] = ov.Core().compile_model(model, 'CPU', config).create_infer_request()
-        request = converted[shape]
-        request.infer({0: x.detach().cpu().float().numpy()})
-        return torch.from_numpy(request.get_output_tensor(0).data.copy())
+            compiled = ov.Core().compile_model(model, 'CPU', config)
+            converted[shape] = compiled.create_infer_request(), tuple(compiled.outputs[0].get_shape())
+        return openvino_infer(*converted[shape], x)
 
     return run
 

@@ -185,6 +185,18 @@ def test_openvino_model_matches_pytorch_at_several_sizes_and_runs_bf16(exported)
     assert len(fp32._requests) == 3 and len(bf16._requests) == 2  # one compilation per shape, the LRU bound kept
 
 
+def test_openvino_outputs_are_the_callers_own_tensors_not_views_of_a_reused_buffer(exported):
+    _, onnx_path, model = exported
+    runtime = OpenVinoModel(onnx_path)
+    first_input, second_input = torch.rand(1, 3, 12, 10), torch.rand(1, 3, 12, 10)
+    first = runtime(first_input)
+    kept = first.clone()
+    second = runtime(second_input)  # same shape: the same infer request writes its output again
+    assert torch.equal(first, kept) and not torch.equal(first, second)
+    with torch.no_grad():
+        assert float((second - model(second_input)).abs().max()) < 1e-4
+
+
 def test_upscaler_refuses_a_precision_the_runtime_does_not_run(exported):
     from lksmn_arch.inference import Upscaler
     with pytest.raises(ValueError, match='runs in bf16'):
