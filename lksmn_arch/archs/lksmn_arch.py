@@ -484,8 +484,9 @@ class LKSMN(nn.Module):
     gated-dconv feed-forward, LKCD reach 9/21/33 with dilations 2/3/4) and +0.64 dB for SAFMN; LayerNorm in
     its place gave +1.03 dB; without MLFA +0.90, without the feed-forward +0.86, without MDTA +1.13, with one
     LKCD group +1.18 (seed 0; v2's seed 0: +1.18). At 5x the iterations v1 reached +1.46 dB and v2 +1.40.
-    benchmarks/speed.py: 1.5-1.9x faster than v1 on every inference path; its fastest fp32 CPU path (OpenVINO)
-    is 1.13x SAFMN's. ``LKSMN(**NAMED_CONFIGS['v1'])`` builds the first default.
+    benchmarks/speed.py: 1.5-2.2x faster than v1 on every inference path; its fastest fp32 CPU path (OpenVINO,
+    268 ms at 320x180 -> 1280x720 on 2 cores) ties with SAFMN's (1.04x in one run, 0.98-1.06x timed alone).
+    ``LKSMN(**NAMED_CONFIGS['v1'])`` builds the first default.
 
     Args:
         upscale: scale factor, 2, 3 or 4.
