@@ -482,8 +482,8 @@ class LKSMN(nn.Module):
     In the study (demo recipe, 2000 iterations, 2 seeds, held-out photos, x4) this default gained +1.17 dB over
     bicubic against +1.08 dB for the first default (``NAMED_CONFIGS['v1']``: 5 blocks, LayerNorm, Restormer's
     gated-dconv feed-forward, LKCD reach 9/21/33 with dilations 2/3/4) and +0.64 dB for SAFMN; LayerNorm in
-    its place gave +1.03 dB; without MLFA +0.90, without the feed-forward +0.86, without MDTA +1.13, with one
-    LKCD group +1.18 (seed 0; v2's seed 0: +1.18). At 5x the iterations v1 reached +1.46 dB and v2 +1.40.
+    its place gave +1.03 dB; without MLFA +0.81, without the feed-forward +0.84, without MDTA +1.12, with one
+    LKCD group +1.15 (2 seeds each). At 5x the iterations v1 reached +1.46 dB and v2 +1.40 (one seed).
     benchmarks/speed.py: 1.5-2.2x faster than v1 on every inference path; its fastest fp32 CPU path (OpenVINO,
     268 ms at 320x180 -> 1280x720 on 2 cores) ties with SAFMN's (1.04x in one run, 0.98-1.06x timed alone).
     ``LKSMN(**NAMED_CONFIGS['v1'])`` builds the first default.
