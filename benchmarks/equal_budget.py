@@ -768,14 +768,15 @@ def timing_paths(networks: Sequence[Network]) -> Dict[str, Tuple[str, ...]]:
 
 
 def time_networks(networks: Sequence[Network], checkpoints: Dict[str, Optional[Path]], scale: int,
-                  threads: Optional[int]) -> Dict[str, Dict[str, Any]]:
+                  threads: Optional[int], rounds: int = 5) -> Dict[str, Dict[str, Any]]:
     """CPU fp32 latency of each network's fastest path, all interleaved in one process (``fastest_latency``)."""
     from lksmn_arch.latency import fastest_latency
     gc.collect()
     models = {n.name: load_trained(n, scale, checkpoints.get(n.name)) for n in networks}
     height, width = lr_size_for_output(scale)
     shape = (1, 3, height, width)
-    measured = fastest_latency(models, input_shape=shape, threads=threads, paths=timing_paths(networks))
+    measured = fastest_latency(models, input_shape=shape, threads=threads, paths=timing_paths(networks),
+                               rounds=rounds)
     when = time.strftime('%Y-%m-%d %H:%M:%S')
     used_threads = threads or torch.get_num_threads()
     return {name: {'path': path, 'seconds': float(seconds), 'input_shape': list(shape), 'threads': used_threads,
@@ -1046,6 +1047,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--threads', type=int, default=None,
                         help="CPU threads for timing (default: fastest_latency's default)")
     parser.add_argument('--no-timing', action='store_true', help='skip the CPU timing phase')
+    parser.add_argument('--timing-rounds', type=int, default=5,
+                        help='timed rounds of the timing phase (default 5; one network\'s figure varied by up to '
+                             '20%% between two 5-round phases here: use 15 for latencies you compare closely)')
     for kind, what in (('train', 'training'), ('test', 'held-out')):
         parser.add_argument(f'--{kind}-hr', type=Path, metavar='DIR', help=f'folder of HR {what} images')
         parser.add_argument(f'--{kind}-gt', type=Path, metavar='DIR', help=f'{what} GT folder (with --{kind}-lq)')
@@ -1072,6 +1076,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise HarnessError(f'--seeds must be distinct non-negative integers, got {args.seeds}')
     if args.threads is not None and args.threads < 1:
         raise HarnessError('--threads must be positive')
+    if args.timing_rounds < 1:
+        raise HarnessError(f'--timing-rounds must be positive, got {args.timing_rounds}')
     if args.workers < 1:
         raise HarnessError('--workers must be positive')
     if args.out.exists() and not args.out.is_dir():
@@ -1211,7 +1217,7 @@ def _run_study(args: argparse.Namespace, argv: Sequence[str]) -> int:
             checkpoints[network.name] = finished[0] if finished else None
         print(f'timing: {len(networks)} networks on the CPU, fp32, interleaved (lksmn_arch.latency) ...', flush=True)
         try:
-            timings = time_networks(networks, checkpoints, scale, args.threads)
+            timings = time_networks(networks, checkpoints, scale, args.threads, args.timing_rounds)
         except Exception as error:  # the table is still written, without latencies
             print(f'{PROG}: timing failed ({_one_line(error)}); writing the table without it (--no-timing '
                   f'skips timing)', file=sys.stderr, flush=True)

@@ -107,6 +107,12 @@ def test_bad_network_is_one_line_exit_2_before_anything(tmp_path, capsys, no_tra
     assert not (tmp_path / 'out').exists()
 
 
+def test_timing_rounds_below_one_are_refused_before_anything(tmp_path, capsys, no_training):
+    assert eb.main(['--nets', 'v1', '--timing-rounds', '0', '--out', str(tmp_path / 'out')]) == 2
+    assert '--timing-rounds must be positive, got 0' in _error(capsys)
+    assert not (tmp_path / 'out').exists()
+
+
 def test_a_network_listed_twice_is_refused(tmp_path, capsys, no_training):
     assert eb.main(['--nets', 'v1', 'nomdta', 'v1', '--out', str(tmp_path / 'out')]) == 2
     assert "'v1' is listed twice" in _error(capsys)
@@ -240,19 +246,19 @@ def test_tiny_study_end_to_end_then_reused(tmp_path, capsys, monkeypatch, one_th
     second_name = second.split('=')[0]
     timed = []
 
-    def fastest_latency(models, input_shape=(1, 3, 180, 320), threads=None, paths=None):
+    def fastest_latency(models, input_shape=(1, 3, 180, 320), threads=None, paths=None, rounds=5):
         # timing comes after all training: every run's score file exists already
-        timed.append((sorted(models), tuple(input_shape), len(list(out.glob('runs/*/score.json')))))
+        timed.append((sorted(models), tuple(input_shape), len(list(out.glob('runs/*/score.json'))), rounds))
         assert {'onnxruntime', 'openvino', 'channels_last'} <= set(paths['tiny'])  # LKSMN: the runtimes too
         assert 'onnxruntime' not in paths[second_name] or second_name.startswith('tiny')
         assert all(not m.training and next(m.parameters()).dtype == torch.float32 for m in models.values())
         return {name: ('eager' if name == 'tiny' else 'channels_last', 0.01 * (i + 1)) for i, name in enumerate(models)}
 
     monkeypatch.setitem(sys.modules, 'lksmn_arch.latency', types.SimpleNamespace(fastest_latency=fastest_latency))
-    assert eb.main(_tiny_args(tiny_hr, out, '--nets', TINY, second)) == 0
+    assert eb.main(_tiny_args(tiny_hr, out, '--nets', TINY, second, '--timing-rounds', '3')) == 0
     printed = capsys.readouterr().out
     assert '[1/2] tiny seed 0: training 20 iters ...' in printed and f'[2/2] {second_name} seed 0: training' in printed
-    assert timed == [(sorted(['tiny', second_name]), (1, 3, 360, 640), 2)]  # once, after both runs
+    assert timed == [(sorted(['tiny', second_name]), (1, 3, 360, 640), 2, 3)]  # once, after both runs
 
     results = json.loads((out / 'results.json').read_text())
     rows = {row['name']: row for row in results['networks']}
