@@ -41,8 +41,8 @@ import lksmn_arch  # noqa: F401  (compat fixes before basicsr)
 from lksmn_arch.archs.lksmn_arch import LKSMN
 from lksmn_arch.complexity import count_multi_adds, count_parameters, peak_forward_memory, resolve_device
 from lksmn_arch.inference import Upscaler
-from lksmn_arch.latency import (ALL_PATHS, FP32_PATHS, OPENVINO_PATHS, inference_form, make_forward, median,
-                                runtime_installed, time_interleaved)
+from lksmn_arch.latency import (ALL_PATHS, FP32_PATHS, GLIBC_MMAP_THRESHOLD_CEILING, OPENVINO_PATHS, inference_form,
+                                make_forward, median, runtime_installed, time_interleaved)
 
 SCALE = 4
 LR_SIZE = (180, 320)  # (height, width): 1280x720 output at x4
@@ -367,7 +367,8 @@ def plain_timing(name: str, path: str, *, rounds: int, warmup: int, threads: int
 # glibc malloc told to keep freed memory (no mmap per large tensor, no trimming): no page faults per call.
 # The table runs under the default allocator, as a user's process does; this only shows what a peer whose torch
 # path churns memory would gain in a tuned process (SAFMN's torch.compile path faults ~20K pages per call here).
-KEEP_MEMORY_TUNABLES = 'glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824'
+KEEP_MEMORY_TUNABLES = (f'glibc.malloc.mmap_threshold={GLIBC_MMAP_THRESHOLD_CEILING}:'
+                        'glibc.malloc.trim_threshold=1073741824')
 
 
 def _plain_subprocess(name: str, path: str, options: Sequence[str], env: Optional[Dict[str, str]] = None

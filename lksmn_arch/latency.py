@@ -98,7 +98,7 @@ def _openvino_forward(net: nn.Module, onnx_path: Optional[Path], dtype: torch.dt
     gets OpenVINO's best."""
     import openvino as ov
 
-    from lksmn_arch.export import OpenVinoModel, openvino_config, openvino_infer
+    from lksmn_arch.export import OpenVinoModel, openvino_compile, openvino_config, openvino_infer
 
     precision = 'bf16' if dtype == torch.bfloat16 else 'fp32'
     exported = None
@@ -119,9 +119,7 @@ def _openvino_forward(net: nn.Module, onnx_path: Optional[Path], dtype: torch.dt
                 pass
         if shape not in converted:
             model = ov.convert_model(net, example_input=x.detach().cpu().float())
-            model.reshape({model.inputs[0]: ov.PartialShape(list(shape))})
-            compiled = ov.Core().compile_model(model, 'CPU', config)
-            converted[shape] = compiled.create_infer_request(), tuple(compiled.outputs[0].get_shape())
+            converted[shape] = openvino_compile(ov.Core(), model, shape, config)
         return openvino_infer(*converted[shape], x)
 
     return run

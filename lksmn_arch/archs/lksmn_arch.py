@@ -332,9 +332,8 @@ class MDTA(nn.Module):
             setattr(self, name, nn.Sequential(_slice_conv(self.qkv, *span), _slice_conv(self.qkv_dwconv, *span)))
         head = torch.arange(channels, device=self.temperature.device) // (channels // self.num_heads)
         same_head = head[:, None] == head[None, :]
-        # per row: its head's temperature; outside the head's block: -inf, so that softmax gives it 0
-        self.register_buffer('logit_scale', self.temperature.detach().view(-1)[head][:, None].expand(
-            channels, channels).clone(), persistent=False)
+        # per row: its head's temperature (C, 1); outside the head's block: -inf, so that softmax gives it 0
+        self.register_buffer('logit_scale', self.temperature.detach().view(-1)[head][:, None], persistent=False)
         self.register_buffer('logit_mask', torch.zeros(channels, channels, device=head.device).masked_fill(
             ~same_head, float('-inf')), persistent=False)
         del self.qkv, self.qkv_dwconv
