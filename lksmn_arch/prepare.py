@@ -648,11 +648,12 @@ Prepare datasets for training and testing LKSMN with BasicSR.
   div2k      HR training images (DIV2K, Flickr2K, DF2K = both folders, or any folder) ->
              paired HR/LR sub-image folders (+ LMDBs) for BasicSR's PairedImageDataset
   benchmark  a test set (Set5, Set14, B100, Urban100, Manga109) -> GTmod{s}/ and LRbicx{s}/
+  open-photos  rebuild the open-photos set (real photos under free licences from Debian packages)
 
 LR images are MATLAB-compatible bicubic (basicsr.utils.matlab_functions.imresize, antialiased).
 Inputs are read as BasicSR reads them (OpenCV IMREAD_COLOR): grayscale images become 3 channels,
 alpha is dropped, 16-bit becomes 8-bit. Outputs are PNG. Re-running the same command resumes:
-finished files and complete LMDBs are kept. Run '%(prog)s div2k -h' or '%(prog)s benchmark -h'."""
+finished files and complete LMDBs are kept. Run '%(prog)s div2k -h', '%(prog)s benchmark -h' or '%(prog)s open-photos -h'."""
 
 _DIV2K_EPILOG = """\
 outputs (in OUT):
@@ -693,11 +694,29 @@ example:
   %(prog)s --hr datasets/benchmark/Set5/HR --out datasets/Set5"""
 
 
+_OPEN_PHOTOS_EPILOG = """\
+outputs (in OUT):
+  debs/                               the .deb files (unless --debs)
+  photos/train/, photos/test/         the normalised HR photos (<id>.png)
+  openphotos_train_HR_sub(.lmdb)/     BasicSR sub-images of the training split, 240x240 every 180 px
+  openphotos_train_LR_bicubic_X{s}_sub(.lmdb)/   their MATLAB bicubic LR, s = 2, 3, 4
+  openphotos_test/GTmod{s}/, LRbicx{s}/          the held-out split (20 photos)
+  demo_heldout/GTmod{s}/, LRbicx{s}/             the demo's three held-out photos (scikit-image)
+  CREDITS.md                          every photo used, with its author and licence
+
+Lossy WebP photos and photos over 3000 px are halved (INTER_AREA) before they become HR. Each photo's
+stored bytes are checked against the manifest's sha256. Re-running resumes: finished files are kept.
+
+example:
+  %(prog)s --out datasets/openphotos
+  %(prog)s --out datasets/openphotos --debs ~/Downloads/debs   # machines without apt"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lksmn-prepare`` argument parser."""
     parser = argparse.ArgumentParser(prog='lksmn-prepare', description=_DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest='command', metavar='{div2k,benchmark}', required=True)
+    commands = parser.add_subparsers(dest='command', metavar='{div2k,benchmark,open-photos}', required=True)
 
     def common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument('--scales', type=int, nargs='+', default=list(DEFAULT_SCALES), metavar='S',
@@ -731,6 +750,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument('--hr', type=Path, required=True, metavar='DIR', help='folder of the HR images')
     bench.add_argument('--out', type=Path, required=True, help='output folder, e.g. datasets/Set5')
     common(bench)
+
+    photos = commands.add_parser('open-photos', help='rebuild the open-photos set from Debian packages',
+                                 description='Rebuild the open-photos data set: real photographs under free licences '
+                                 'that Debian packages ship (lksmn_arch/data/open_photos.json names each one), '
+                                 'as a BasicSR training split (x2, x3, x4 sub-images and LMDBs), a held-out '
+                                 'benchmark split and a credits file.',
+                                 epilog=_OPEN_PHOTOS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    photos.add_argument('--out', type=Path, required=True, help='output folder, e.g. datasets/openphotos')
+    photos.add_argument('--debs', type=Path, default=None, metavar='DIR',
+                        help='a folder of already downloaded .deb files (read only); default: OUT/debs, filled by '
+                        'apt-get download')
+    photos.add_argument('--workers', type=int, default=DEFAULT_WORKERS, metavar='N',
+                        help=f'worker processes (default: {DEFAULT_WORKERS})')
+    photos.add_argument('--no-lmdb', action='store_true', help='only write the PNG folders')
     return parser
 
 
@@ -741,7 +774,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print('lksmn-prepare: error: --workers must be at least 1', file=sys.stderr)
         return 2
     try:
-        if args.command == 'div2k':
+        if args.command == 'open-photos':
+            from lksmn_arch.open_photos import main_open_photos
+            main_open_photos(args)
+        elif args.command == 'div2k':
             settings = SubImageSettings(tuple(sorted(set(args.scales))), args.crop, args.step, args.thresh)
             prepare_div2k(args.hr, args.out, args.name, settings, workers=args.workers, lmdb=not args.no_lmdb,
                           overwrite=args.overwrite, skip_unreadable=args.skip_unreadable)
