@@ -124,8 +124,23 @@ def bicubic_upscale(lr: np.ndarray) -> np.ndarray:
     return np.clip(np.round(up * 255.0), 0, 255).astype(np.uint8)
 
 
-def score_results(data: Dict[str, Path], results: Path) -> List[dict]:
-    """PSNR/SSIM (Y) of bicubic and of LKSMN's saved outputs against the held-out GT, per image."""
+def shipped_upscaler() -> Optional[object]:
+    """An Upscaler (PyTorch, whole image) for the model shipped for x4, or None when the package ships none."""
+    from lksmn_arch.inference import Upscaler
+    from lksmn_arch.pretrained import shipped_models
+    if not any(m.scale == SCALE for m in shipped_models()):
+        return None
+    return Upscaler.from_checkpoint(scale=SCALE, device='cpu', progress=False)
+
+
+def upscale_bgr(upscaler, lr: np.ndarray) -> np.ndarray:
+    """A uint8 BGR image through an Upscaler (which takes RGB floats), rounded to uint8 as BasicSR does."""
+    rgb = upscaler.upscale_image(lr[..., ::-1].astype(np.float32) / 255.0)
+    return np.ascontiguousarray(np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)[..., ::-1])
+
+
+def score_results(data: Dict[str, Path], results: Path, shipped=None) -> List[dict]:
+    """PSNR/SSIM (Y) of bicubic, of LKSMN's saved outputs and (given its Upscaler) of the shipped model, per image."""
     rows = []
     for gt_path in sorted(data['test_gt'].glob('*.png')):
         gt = cv2.imread(str(gt_path))
@@ -134,20 +149,29 @@ def score_results(data: Dict[str, Path], results: Path) -> List[dict]:
         sr = cv2.imread(str(sr_path))
         if sr is None:
             raise RuntimeError(f'the test pipeline did not write {sr_path}')
-        rows.append({'image': gt_path.stem, 'bicubic': _score(bicubic_upscale(lr), gt), 'lksmn': _score(sr, gt),
-                     'gt': gt, 'bicubic_img': bicubic_upscale(lr), 'lksmn_img': sr})
+        row = {'image': gt_path.stem, 'bicubic': _score(bicubic_upscale(lr), gt), 'lksmn': _score(sr, gt),
+               'gt': gt, 'bicubic_img': bicubic_upscale(lr), 'lksmn_img': sr}
+        if shipped is not None:
+            row['shipped_img'] = upscale_bgr(shipped, lr)
+            row['shipped'] = _score(row['shipped_img'], gt)
+        rows.append(row)
     return rows
 
 
+_COLUMNS = (('bicubic', 'Bicubic'), ('lksmn', 'LKSMN (this demo)'), ('shipped', 'LKSMN shipped model'))
+
+
 def format_table(rows: List[dict]) -> str:
-    lines = ['| image | Bicubic PSNR / SSIM | LKSMN PSNR / SSIM |', '|---|---|---|']
+    """Markdown table: PSNR / SSIM per image and on average, one column per method."""
+    columns = [(key, label) for key, label in _COLUMNS if key in rows[0]]
+    lines = ['| image | ' + ' | '.join(f'{label} PSNR / SSIM' for _, label in columns) + ' |',
+             '|---|' + '---|' * len(columns)]
     for row in rows:
-        lines.append(f"| {row['image']} | {row['bicubic']['psnr']:.2f} / {row['bicubic']['ssim']:.4f} | "
-                     f"{row['lksmn']['psnr']:.2f} / {row['lksmn']['ssim']:.4f} |")
-    mean = {method: {m: float(np.mean([r[method][m] for r in rows])) for m in ('psnr', 'ssim')}
-            for method in ('bicubic', 'lksmn')}
-    lines.append(f"| **average** | {mean['bicubic']['psnr']:.2f} / {mean['bicubic']['ssim']:.4f} | "
-                 f"{mean['lksmn']['psnr']:.2f} / {mean['lksmn']['ssim']:.4f} |")
+        lines.append(f"| {row['image']} | " + ' | '.join(f"{row[key]['psnr']:.2f} / {row[key]['ssim']:.4f}"
+                                                        for key, _ in columns) + ' |')
+    mean = {key: {m: float(np.mean([r[key][m] for r in rows])) for m in ('psnr', 'ssim')} for key, _ in columns}
+    lines.append('| **average** | ' + ' | '.join(f"{mean[key]['psnr']:.2f} / {mean[key]['ssim']:.4f}"
+                                                for key, _ in columns) + ' |')
     return '\n'.join(lines)
 
 
@@ -166,14 +190,17 @@ def _busiest_crop(gt: np.ndarray, size: int) -> tuple:
 
 
 def comparison_figure(rows: List[dict], crop: int = 128, zoom: int = 2) -> np.ndarray:
-    """Rows of [Bicubic | LKSMN | Ground truth] crops, enlarged with nearest neighbours, labelled."""
+    """Rows of [Bicubic | LKSMN demo | (LKSMN shipped) | Ground truth] crops, enlarged with nearest neighbours."""
     tiles = []
     for row in rows:
         y, x = _busiest_crop(row['gt'], min(crop, *row['gt'].shape[:2]))
         size = min(crop, *row['gt'].shape[:2])
         panels = []
-        for key, label in (('bicubic_img', f"Bicubic {row['bicubic']['psnr']:.2f} dB"),
-                           ('lksmn_img', f"LKSMN {row['lksmn']['psnr']:.2f} dB"), ('gt', 'Ground truth')):
+        labels = [('bicubic_img', f"Bicubic {row['bicubic']['psnr']:.2f} dB"),
+                  ('lksmn_img', f"LKSMN demo {row['lksmn']['psnr']:.2f} dB")]
+        if 'shipped' in row:
+            labels.append(('shipped_img', f"LKSMN shipped {row['shipped']['psnr']:.2f} dB"))
+        for key, label in labels + [('gt', 'Ground truth')]:
             panel = cv2.resize(row[key][y:y + size, x:x + size], None, fx=zoom, fy=zoom,
                                interpolation=cv2.INTER_NEAREST)
             panel = cv2.copyMakeBorder(panel, 24, 4, 4, 4, cv2.BORDER_CONSTANT, value=(255, 255, 255))
@@ -208,11 +235,14 @@ def run_demo(out: Path, iterations: int = 2000, batch_size: int = 8) -> Dict[str
     run_testing(['-opt', str(option_dir / f'test_{NAME}.yml')], root_path=str(out))
     timings['test'] = time.time() - start
 
-    rows = score_results(data, out / 'results' / NAME)
+    rows = score_results(data, out / 'results' / NAME, shipped_upscaler())
     figure = out / 'comparison.png'
     cv2.imwrite(str(figure), comparison_figure(rows))
     mean_gain = float(np.mean([r['lksmn']['psnr'] - r['bicubic']['psnr'] for r in rows]))
+    shipped_gain = (float(np.mean([r['shipped']['psnr'] - r['bicubic']['psnr'] for r in rows]))
+                    if 'shipped' in rows[0] else None)
     return {'table': format_table(rows), 'figure': figure, 'timings': timings, 'psnr_gain': mean_gain,
+            'shipped_gain': shipped_gain,
             'checkpoint': out / 'experiments' / NAME / 'models' / 'net_g_latest.pth'}
 
 
@@ -220,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='lksmn-demo',
         description='Train LKSMN x4 on real photos shipped with scikit-image (no download), then run BasicSR\'s '
-        'test pipeline on three held-out photos and print PSNR/SSIM (Y channel) of LKSMN next to bicubic. '
+        'test pipeline on three held-out photos and print PSNR/SSIM (Y channel) of LKSMN next to bicubic and to the '
+        'model shipped in the package. '
         'Writes OUT/data, OUT/options, OUT/experiments, OUT/results and OUT/comparison.png '
         '(crops of bicubic, LKSMN and ground truth side by side).')
     parser.add_argument('--out', type=Path, default=Path('demo_output'), help='output folder (default demo_output)')
@@ -253,6 +284,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(result['table'])
     verdict = 'above' if result['psnr_gain'] > 0 else 'NOT above'
     print(f'\nLKSMN is {verdict} bicubic by {result["psnr_gain"]:+.2f} dB on average.')
+    if result.get('shipped_gain') is not None:
+        print(f'The shipped model (trained longer on more data, docs/models.md): {result["shipped_gain"]:+.2f} dB '
+              'over bicubic on the same photos.')
     print(f'Comparison picture: {result["figure"]}\nCheckpoint: {result["checkpoint"]}')
     return 0
 

@@ -161,9 +161,16 @@ class Upscaler:
             self.model = self._forward = model
 
     @classmethod
-    def from_checkpoint(cls, path: str, **kwargs: object) -> 'Upscaler':
-        """An Upscaler for the LKSMN checkpoint at ``path`` (see ``build_model_from_checkpoint``)."""
+    def from_checkpoint(cls, path: Optional[str] = None, **kwargs: object) -> 'Upscaler':
+        """An Upscaler for the LKSMN checkpoint at ``path`` (see ``build_model_from_checkpoint``).
+
+        Without ``path``, the model shipped in the package for ``scale`` (default 4) runs
+        (``lksmn_arch.pretrained.default_model``; ShippedModelError names the scales that have one).
+        """
         from lksmn_arch.checkpoint import build_model_from_checkpoint
+        if path is None:
+            from lksmn_arch.pretrained import default_model
+            path = str(default_model(kwargs.get('scale') or 4).path)
         model, _ = build_model_from_checkpoint(path)
         return cls(model, **kwargs)
 

@@ -1,5 +1,6 @@
 """Upscale image files with an LKSMN checkpoint or an exported .onnx model (PyTorch, OpenVINO, ONNX Runtime).
 
+    lksmn-upscale -i photos/ -o photos_x4/                   # the shipped x4 model (docs/models.md)
     lksmn-upscale -i photos/ -o photos_x4/ -m net_g_latest.pth --tile 256
     python -m lksmn_arch.upscale -i photo.jpg -o out/ -m lksmn_x4.onnx --backend onnxruntime
 
@@ -20,6 +21,7 @@ exit status is 1 at the end. Outputs are written atomically (a temporary file in
 ``os.replace``) and never onto an input file.
 """
 import argparse
+import errno
 import os
 import sys
 from dataclasses import dataclass, field
@@ -43,15 +45,18 @@ _KEEPS_ALPHA = {'.png', '.webp', '.tif', '.tiff'}
 _KEEPS_16_BIT = {'.png', '.tif', '.tiff'}
 _EXIF_ORIENTATION = 0x0112
 _LOSSY_QUALITY = 95
+DEFAULT_MAX_PIXELS = 50_000_000  # an 8K photo is 33 MP; its x4 float32 output alone is 1.5 GiB
+_STOPPING_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
 @dataclass
 class UpscaleReport:
-    """What ``upscale_paths`` did: (input, output) pairs written, (input, reason) failures, notes."""
+    """What ``upscale_paths`` did: (input, output) pairs written, (input, reason) failures and skips, notes."""
 
     written: List[Tuple[Path, Path]] = field(default_factory=list)
     failed: List[Tuple[Path, str]] = field(default_factory=list)
     notes: List[Tuple[Path, str]] = field(default_factory=list)
+    skipped: List[Tuple[Path, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -105,6 +110,29 @@ def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     elif orientation == 8:
         img = np.rot90(img, 1)
     return np.ascontiguousarray(img)
+
+
+def check_header(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse, before decoding, an image larger than ``max_pixels`` or with several frames (animations,
+    multi-page TIFF): the header is read with Pillow, which decodes no pixels. Unknown headers pass (OpenCV
+    then decides)."""
+    from PIL import Image
+    bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # this check replaces Pillow's own
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            frames = getattr(image, 'n_frames', 1)
+    except Exception:  # not a format Pillow knows, or a broken header: OpenCV reports it
+        return
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
+    if width * height > max_pixels:
+        raise ValueError(f'{width}x{height} = {width * height / 1e6:.0f} MP is over the limit of '
+                         f'{max_pixels / 1e6:.0f} MP (its x4 output alone would take '
+                         f'{width * height * 16 * 12 / 2**30:.1f} GiB); raise --max-pixels to process it')
+    if frames > 1:
+        raise ValueError(f'it has {frames} frames (an animation or a multi-page file); only single-frame images '
+                         'are upscaled: extract the frames first')
 
 
 def read_image(path: PathLike) -> Tuple[np.ndarray, int]:
@@ -201,12 +229,15 @@ def onnx_cache_dir() -> Path:
     return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'lksmn_arch' / 'onnx'
 
 
-def cached_onnx_export(checkpoint: PathLike, cache_dir: Optional[PathLike] = None) -> Path:
+def cached_onnx_export(checkpoint: PathLike, cache_dir: Optional[PathLike] = None,
+                       log: Optional[Any] = None) -> Path:
     """The verified ONNX export of ``checkpoint``'s inference form, made once and reused.
 
     The file name holds a hash of the checkpoint's bytes and the lksmn_arch and torch versions, so a changed
     checkpoint or upgrade makes a new export. The export is checked against PyTorch (``export_checkpoint``)
-    before it is kept; a failed export or check raises and leaves nothing in the cache.
+    before it is kept, and its own sha256 is recorded beside it (``<name>.onnx.sha256``): a cached file that no
+    longer matches (damaged, truncated, swapped) is exported again. A failed export or check raises and leaves
+    nothing in the cache.
     """
     import hashlib
 
@@ -215,19 +246,26 @@ def cached_onnx_export(checkpoint: PathLike, cache_dir: Optional[PathLike] = Non
     from lksmn_arch.export import VERIFY_TOLERANCE, export_checkpoint
     from lksmn_arch.version import __version__
 
+    from lksmn_arch.pretrained import file_sha256
+
     checkpoint = Path(checkpoint)
-    digest = hashlib.sha256()
-    with open(checkpoint, 'rb') as handle:
-        for block in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(block)
+    digest = hashlib.sha256(file_sha256(checkpoint).encode())
     digest.update(f'lksmn_arch {__version__} torch {torch.__version__}'.encode())
     path = Path(cache_dir or onnx_cache_dir()) / f'{checkpoint.stem}-{digest.hexdigest()[:16]}.onnx'
-    if not path.is_file():
-        _, _, diff = export_checkpoint(checkpoint, path)  # atomic: a concurrent or killed export leaves no partial file
-        if not diff < VERIFY_TOLERANCE:
-            path.unlink()
-            raise ValueError(f'the ONNX export of {checkpoint} differs from PyTorch by {diff:.2e} (tolerance '
-                             f'{VERIFY_TOLERANCE:g}); the file was removed')
+    seal = path.with_name(path.name + '.sha256')  # the export's own hash, written once it was verified
+    if path.is_file():
+        if seal.is_file() and seal.read_text().strip() == file_sha256(path):
+            return path
+        if log:
+            log(f'note: the cached export {path} does not match its recorded hash (damaged or replaced): '
+                'exporting again')
+        path.unlink()
+    _, _, diff = export_checkpoint(checkpoint, path)  # atomic: a concurrent or killed export leaves no partial file
+    if not diff < VERIFY_TOLERANCE:
+        path.unlink()
+        raise ValueError(f'the ONNX export of {checkpoint} differs from PyTorch by {diff:.2e} (tolerance '
+                         f'{VERIFY_TOLERANCE:g}); the file was removed')
+    replace_atomically(seal, lambda temp: temp.write_text(file_sha256(path) + '\n'), durable=False)
     return path
 
 
@@ -254,19 +292,26 @@ def resolve_backend(model_path: PathLike, device: str, precision: str, compile: 
                      'faster CPU path)')
 
 
-def build_upscaler(model_path: PathLike, *, backend: str = 'auto', tile: int = 0, tile_pad: int = 32,
-                   device: str = 'auto', precision: str = 'fp32', tta: bool = False, progress: bool = True,
-                   compile: bool = False, log: Optional[Any] = None) -> Upscaler:
+def build_upscaler(model_path: Optional[PathLike] = None, *, backend: str = 'auto', tile: int = 0,
+                   tile_pad: int = 32, device: str = 'auto', precision: str = 'fp32', tta: bool = False,
+                   progress: bool = True, compile: bool = False, scale: int = 4,
+                   log: Optional[Any] = None) -> Upscaler:
     """An Upscaler for an LKSMN checkpoint or an .onnx file; ``backend`` 'auto' picks as ``resolve_backend``.
 
+    Without ``model_path``, the model shipped in the package for ``scale`` runs (``pretrained.default_model``).
     A checkpoint bound for OpenVINO or ONNX Runtime is exported once into ``onnx_cache_dir()`` (verified
     against PyTorch); if that export fails under 'auto', the PyTorch path runs instead, with a line saying
-    why. ``log`` receives one line naming the backend in use (default: none).
+    why. ``log`` receives one line naming the model (when shipped) and one naming the backend in use.
     """
     if backend not in BACKENDS:
         raise ValueError(f'--backend must be one of {list(BACKENDS)}, got {backend!r}')
-    model_path = Path(model_path)
     say = log or (lambda line: None)
+    if model_path is None:
+        from lksmn_arch.pretrained import default_model
+        shipped = default_model(scale)
+        say(f'model: {shipped.describe()}: {shipped.path}')
+        model_path = shipped.path
+    model_path = Path(model_path)
     options = dict(tile=tile, tile_pad=tile_pad, precision=precision, tta=tta, progress=progress)
     reason = None
     if backend == 'auto':
@@ -285,7 +330,14 @@ def build_upscaler(model_path: PathLike, *, backend: str = 'auto', tile: int = 0
         if not model_path.is_file():
             raise FileNotFoundError(f'checkpoint {model_path} does not exist (or is not a file)')
         try:
-            onnx_path = cached_onnx_export(model_path)
+            onnx_path = cached_onnx_export(model_path, log=say)
+        except OSError as error:  # the cache folder cannot be written (read-only, full, not a folder)
+            where = ('LKSMN_CACHE_DIR' if os.environ.get('LKSMN_CACHE_DIR') else 'the cache folder')
+            message = f'{where} {onnx_cache_dir()} cannot hold the ONNX export ({error.strerror or error})'
+            if reason is None:
+                raise OSError(f'{message}; set LKSMN_CACHE_DIR to a writable folder') from None
+            say(f'backend: PyTorch ({message}; set LKSMN_CACHE_DIR to a writable folder for the faster path)')
+            return Upscaler.from_checkpoint(str(model_path), device=device, compile=compile, **options)
         except (RuntimeError, ValueError, ImportError) as error:
             if reason is None:  # asked for explicitly: an error, not a silent change of backend
                 raise
@@ -303,19 +355,40 @@ def build_upscaler(model_path: PathLike, *, backend: str = 'auto', tile: int = 0
     return Upscaler(model, **options)
 
 
-def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathLike, model_path: PathLike, *,
-                  tile: int = 0, tile_pad: int = 32, device: str = 'auto', precision: str = 'fp32',
-                  tta: bool = False, suffix: Optional[str] = None, ext: str = 'auto', backend: str = 'auto',
-                  alpha: str = 'network', progress: bool = True, compile: bool = False,
+TILE_COST_WARNING = 10.0  # warn when tiles make the network see this many times the image's pixels
+
+
+def warn_tile_cost(tile: int, tile_pad: int, log: Optional[Any]) -> None:
+    """Say so when tiles are so small that their padding makes the network see >10x the image's pixels."""
+    if tile and log:
+        cost = ((tile + 2 * tile_pad) / tile) ** 2
+        if cost > TILE_COST_WARNING:
+            log(f'warning: --tile {tile} with --tile-pad {tile_pad}: each tile is read with its padding, so the '
+                f'network processes about {cost:.0f}x the image\'s pixels; a --tile of 128 or more costs under 2x')
+
+
+def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathLike,
+                  model_path: Optional[PathLike] = None, *, tile: int = 0, tile_pad: int = 32, device: str = 'auto',
+                  precision: str = 'fp32', tta: bool = False, suffix: Optional[str] = None, ext: str = 'auto',
+                  backend: str = 'auto', alpha: str = 'network', progress: bool = True, compile: bool = False,
+                  scale: Optional[int] = None, overwrite: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
                   log: Optional[Any] = None) -> UpscaleReport:
     """Upscale the image files of ``inputs`` (files or folders) into ``output_dir``.
 
-    ``suffix`` defaults to ``_x<scale>``. Per-file problems (unreadable image, output that would overwrite
+    ``model_path`` None: the shipped model for ``scale`` (default 4); with a model, ``scale`` (if given) must be
+    the model's. ``suffix`` defaults to ``_x<scale>``. Outputs that exist are skipped (``report.skipped``) unless
+    ``overwrite``; when ``output_dir`` is an input folder, inputs named like this tool's outputs (``*<suffix>``)
+    are skipped. Images over ``max_pixels`` or with several frames are refused before decoding. A write that
+    fails for a reason every later write shares (read-only folder, disk full) stops the run with an OSError. Per-file problems (unreadable image, output that would overwrite
     an input, two inputs with one output name) are collected in the report's ``failed`` list and reported on
     stderr as they happen; set-up problems (model, missing input, bad option) raise OSError/ValueError.
     """
     if ext not in OUTPUT_EXTENSIONS:
         raise ValueError(f'--ext must be one of {list(OUTPUT_EXTENSIONS)}, got {ext!r}')
+    if suffix is not None and (os.sep in suffix or '/' in suffix or '\0' in suffix or suffix in ('.', '..')):
+        raise ValueError(f'--suffix {suffix!r} must be part of a file name (no path separators)')
+    if max_pixels < 1:
+        raise ValueError(f'--max-pixels must be positive, got {max_pixels}')
     if alpha not in ALPHA_MODES:
         raise ValueError(f'--alpha must be one of {list(ALPHA_MODES)}, got {alpha!r}')
     files = collect_inputs(inputs)
@@ -323,11 +396,17 @@ def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathL
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f'output folder {output_dir} exists and is not a folder')
     upscaler = build_upscaler(model_path, backend=backend, tile=tile, tile_pad=tile_pad, device=device,
-                              precision=precision, tta=tta, progress=progress, compile=compile, log=log)
+                              precision=precision, tta=tta, progress=progress, compile=compile, scale=scale or 4,
+                              log=log)
+    if scale is not None and upscaler.scale != scale:
+        raise ValueError(f'--scale {scale} asked, but the model {model_path} is a x{upscaler.scale} model')
     suffix = f'_x{upscaler.scale}' if suffix is None else suffix
+    warn_tile_cost(tile, tile_pad, log)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    input_set = {p.resolve() for p in files}
+    # -o an input folder: files named like this tool's outputs there are earlier outputs, not inputs
+    own_outputs = {p for p in files if suffix and p.stem.endswith(suffix) and p.parent.resolve() == output_dir.resolve()}
+    input_set = {p.resolve() for p in files if p not in own_outputs}
     report = UpscaleReport()
     claimed: Dict[Path, Path] = {}
 
@@ -336,7 +415,12 @@ def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathL
         tqdm.write(f'failed: {path}: {reason}', file=sys.stderr)
 
     for path in tqdm(files, desc='images', unit='img', disable=not progress):
+        if path in own_outputs:
+            report.skipped.append((path, f'its name ends with {suffix!r}: an output of an earlier run into this '
+                                         'folder, not upscaled again'))
+            continue
         try:
+            check_header(path, max_pixels)
             img, depth = read_image(path)
             has_alpha = img.ndim == 3 and img.shape[2] == 4
             target, notes = _final_extension(output_path(path, output_dir, suffix, ext), has_alpha, depth, ext)
@@ -349,12 +433,23 @@ def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathL
                 fail(path, f'its output {target} is also the output of {claimed[resolved]}')
                 continue
             claimed[resolved] = path
+            if target.exists() and not overwrite:
+                report.skipped.append((path, f'{target} exists (--overwrite replaces it)'))
+                continue
             if has_alpha and target.suffix.lower() not in _KEEPS_ALPHA:
                 img = img[..., :3]
             scaled = upscaler.upscale_image(img.astype(np.float32) / (65535.0 if depth == 16 else 255.0),
                                             alpha=alpha)
-            write_image_atomic(target, _to_output_pixels(scaled, depth, target.suffix.lower()))
+            pixels = _to_output_pixels(scaled, depth, target.suffix.lower())
         except (OSError, ValueError, RuntimeError, MemoryError, cv2.error) as error:
+            fail(path, str(error) or type(error).__name__)
+            continue
+        try:
+            write_image_atomic(target, pixels)
+        except OSError as error:
+            if error.errno in _STOPPING_ERRNOS:  # every later image would fail the same way: stop now
+                raise OSError(f'cannot write {target}: {error.strerror}; stopped after {len(report.written)} '
+                              f'image(s)') from None
             fail(path, str(error) or type(error).__name__)
             continue
         for note in notes:
@@ -372,9 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
         'Unreadable files are reported and skipped (exit status 1 at the end).')
     parser.add_argument('-i', '--input', required=True, help='an image file or a folder of images')
     parser.add_argument('-o', '--output', required=True, help='output folder (created if missing)')
-    parser.add_argument('-m', '--model', required=True,
+    parser.add_argument('-m', '--model', default=None,
                         help='LKSMN checkpoint (.pth), or an .onnx file from lksmn-export (backends auto, '
-                        'onnxruntime, openvino)')
+                        'onnxruntime, openvino). Default: the model shipped in the package for --scale '
+                        '(docs/models.md)')
+    parser.add_argument('--scale', type=int, default=None,
+                        help='without -m: which shipped model runs (default 4); with -m, checked against the model')
     parser.add_argument('--tile', type=int, default=0,
                         help='tile size in input pixels, 0 for the whole image at once (default 0). Tiles bound '
                         'memory for large images; the output differs slightly from whole-image output')
@@ -401,7 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help='torch.compile the network (with freezing). Each new input size compiles once (tens '
                         'of seconds on a CPU), so it pays off for many images of one size or for --tile; see the '
                         'README\'s speed section')
+    parser.add_argument('--overwrite', action='store_true', help='replace output files that exist (default: skip them)')
+    parser.add_argument('--max-pixels', type=float, default=DEFAULT_MAX_PIXELS,
+                        help=f'refuse inputs with more pixels than this, checked from the header before decoding '
+                        f'(default {DEFAULT_MAX_PIXELS:.0e})')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
     return parser
 
 
@@ -412,11 +515,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report = upscale_paths(args.input, args.output, args.model, tile=args.tile, tile_pad=args.tile_pad,
                                device=args.device, precision=args.precision, tta=args.tta, suffix=args.suffix,
                                ext=args.ext, backend=args.backend, alpha=args.alpha, progress=not args.quiet,
-                               compile=args.compile, log=None if args.quiet else print)
+                               compile=args.compile, scale=args.scale, overwrite=args.overwrite,
+                               max_pixels=int(args.max_pixels), log=None if args.quiet else print)
     except (OSError, ValueError) as error:
+        if args.debug:
+            raise
         print(f'error: {error}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print('\nlksmn-upscale: interrupted; finished images are complete, no partial file was left',
+              file=sys.stderr)
+        return 130
     print(f'{len(report.written)} image(s) written to {args.output}')
+    if report.skipped:
+        print(f'{len(report.skipped)} image(s) skipped: ' + '; '.join(f'{p.name}: {why}' for p, why in report.skipped[:3])
+              + (' ...' if len(report.skipped) > 3 else ''))
     if report.failed:
         print(f'{len(report.failed)} image(s) failed: {", ".join(str(path) for path, _ in report.failed)} '
               f'(reasons above)', file=sys.stderr)
