@@ -1,7 +1,7 @@
 """Read LKSMN checkpoints safely and rebuild the network they were trained with.
 
 BasicSR saves ``{'params': state_dict}`` (and ``{'params_ema': ...}`` when EMA is on); other tools save
-a bare state dict. Checkpoints are read with ``torch.load(weights_only=True)``, which never runs
+a bare state dict, or a ``.safetensors`` file (read as a bare state dict). Checkpoints are read with ``torch.load(weights_only=True)``, which never runs
 pickled code, so a downloaded file cannot execute anything; a file that needs code is refused.
 
 The hyperparameters are read back from tensor shapes, so a checkpoint is enough to rebuild its network:
@@ -63,6 +63,8 @@ def read_checkpoint(path: PathLike) -> object:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'checkpoint {path} does not exist (or is not a file)')
+    if path.suffix.lower() == '.safetensors':
+        return read_safetensors(path)
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as error:
@@ -72,6 +74,34 @@ def read_checkpoint(path: PathLike) -> object:
     except Exception as error:  # torch.load fails on garbage with arbitrary types (EOFError, IndexError, ...)
         raise CheckpointError(f'cannot read checkpoint {path}: it is not a valid PyTorch file, or it is corrupt '
                               f'or truncated ({type(error).__name__}: {_first_line(error)})') from error
+
+
+def read_safetensors(path: Path) -> StateDict:
+    """The tensors of a ``.safetensors`` file (a format that holds no code), on the CPU."""
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(f'{path} is a .safetensors file: pip install safetensors to read it') from None
+    try:
+        return load_file(str(path), device='cpu')
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f'cannot read checkpoint {path}: not a valid .safetensors file '
+                              f'({_first_line(error)})') from error
+
+
+def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: PathLike, config: Mapping[str, object]) -> Path:
+    """Write ``state_dict`` as ``.safetensors`` (atomically), with the network configuration as metadata."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from lksmn_arch.atomic import replace_atomically
+    path = Path(path)
+    tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
+    metadata = {'format': 'pt', 'architecture': 'LKSMN', 'lksmn_config': json.dumps(config)}
+    replace_atomically(path, lambda temp: save_file(tensors, str(temp), metadata=metadata))
+    return path
 
 
 def load_state_dict(path: PathLike) -> StateDict:
@@ -102,7 +132,12 @@ def _explain_refusal(path: Path, error: pickle.UnpicklingError) -> CheckpointErr
             f'Python code ({unsafe.group(1)}) to load, so it is not a plain tensor checkpoint. Loading it would '
             f'run that code; if you trust its source, re-save only its state dict '
             f'(torch.save({{"params": model.state_dict()}}, ...)) and use that file.')
-    if 'Weights only load failed' in message and 'Unsupported operand' not in message:
+    if 'Unsupported operand' in message:  # pickle opcodes torch.save never writes (FRAME, 149: pickle.dump's)
+        return UnsafeCheckpointError(
+            f'refusing checkpoint {path}: it is a plain Python pickle (written by pickle.dump), not a PyTorch '
+            f'checkpoint; a pickle can hold code, so it is not loaded. Save the weights with torch.save '
+            f'({{"params": model.state_dict()}}, ...) and use that file.')
+    if 'Weights only load failed' in message:
         return UnsafeCheckpointError(
             f'refusing checkpoint {path}: torch.load(weights_only=True) refused it, so it is not a plain tensor '
             f'checkpoint ({_weights_only_reason(message)})')
@@ -259,16 +294,26 @@ def infer_lksmn_config(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, obje
     }
 
 
+def check_finite(state_dict: Mapping[str, torch.Tensor], path: PathLike) -> None:
+    """Raise CheckpointError naming the first tensor holding NaN or inf: such weights give black images."""
+    for key, tensor in state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f'checkpoint {path}: tensor {key} holds {bad} NaN or inf value(s); refusing '
+                                  'weights that cannot give a valid image (was the training diverging?)')
+
+
 def build_model_from_checkpoint(path: PathLike) -> Tuple[LKSMN, Dict[str, object]]:
     """Load ``path``, infer its hyperparameters and return ``(model, config)``: an eval-mode LKSMN on the CPU.
 
     Weights are loaded with ``strict=True``, so every tensor of the file must fit the rebuilt network.
 
     Raises:
-        FileNotFoundError / CheckpointError: see ``load_state_dict`` and ``infer_lksmn_config``; the
-            message names the file.
+        FileNotFoundError / CheckpointError: see ``load_state_dict`` and ``infer_lksmn_config``, and non-finite
+            weights (``check_finite``); the message names the file.
     """
     state_dict = load_state_dict(path)
+    check_finite(state_dict, path)
     try:
         config = infer_lksmn_config(state_dict)
         model = LKSMN(**config)

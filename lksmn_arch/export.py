@@ -1,6 +1,7 @@
 """Export an LKSMN checkpoint to ONNX with dynamic batch, height and width, and run it with ONNX Runtime.
 
     lksmn-export -m net_g_latest.pth --onnx lksmn_x4.onnx
+    lksmn-export -m net_g_latest.pth --safetensors lksmn_x4.safetensors
 
 Exporter: torch's dynamo-based exporter (``torch.onnx.export(..., dynamo=True, dynamic_shapes=...)``), the
 default and maintained one since torch 2.9; the TorchScript-based one is deprecated. Both export LKSMN
@@ -28,9 +29,10 @@ import torch
 from torch import nn
 
 from lksmn_arch.atomic import replace_atomically
-from lksmn_arch.checkpoint import build_model_from_checkpoint
+from lksmn_arch.checkpoint import build_model_from_checkpoint, load_state_dict
 
 DEFAULT_OPSET = 18
+MIN_OPSET = 18  # torch's dynamo exporter writes opset 18 and newer; it silently made 18 when asked for less
 INPUT_NAME = 'input'
 OUTPUT_NAME = 'output'
 EXAMPLE_SHAPE = (2, 24, 20)  # batch, height, width of the tracing input: none of them 1, not square
@@ -53,6 +55,10 @@ def export_onnx(model: nn.Module, path: PathLike, *, opset: int = DEFAULT_OPSET,
     path = Path(path)
     if path.is_dir():
         raise ValueError(f'--onnx {path} is a directory; give a file name such as {path / "lksmn.onnx"}')
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise ValueError(f'--opset {opset}: the exporter writes opsets {MIN_OPSET} to {newest} (the installed onnx '
+                         'package\'s newest)')
     path.parent.mkdir(parents=True, exist_ok=True)
     in_channels = int(getattr(model, 'num_in_ch', 3))
     model = model.eval().float().cpu()
@@ -73,6 +79,15 @@ def export_onnx(model: nn.Module, path: PathLike, *, opset: int = DEFAULT_OPSET,
             raise RuntimeError(f'ONNX export to {path} failed (opset {opset}): {type(error).__name__}: '
                                f'{error}') from error
     proto = program.model_proto
+    written = next((o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')), None)
+    if written != opset:
+        raise RuntimeError(f'ONNX export to {path}: asked for opset {opset}, the exporter made opset {written}; '
+                           'nothing was written')
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as error:
+        raise RuntimeError(f'ONNX export to {path} (opset {opset}) is not a valid model: '
+                           f'{str(error).splitlines()[0]}; nothing was written') from None
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -281,13 +296,41 @@ def export_checkpoint(checkpoint: PathLike, onnx_path: PathLike, *, opset: int =
     return path, config, max_abs_difference(model, path) if verify else None
 
 
+def check_outputs(outputs: Sequence[Path], inputs: Sequence[Path], overwrite: bool = False) -> None:
+    """Refuse an output that is an input (always), that is given twice, or that exists (unless ``overwrite``)."""
+    resolved_inputs = {p.resolve() for p in inputs}
+    seen = set()
+    for output in outputs:
+        resolved = output.resolve()
+        if resolved in resolved_inputs:
+            raise ValueError(f'output {output} is the input checkpoint; refusing to overwrite it')
+        if resolved in seen:
+            raise ValueError(f'output {output} is given twice')
+        seen.add(resolved)
+        if output.exists() and not overwrite:
+            raise ValueError(f'output {output} exists; pass --overwrite to replace it')
+
+
+def export_safetensors(checkpoint: PathLike, path: PathLike) -> Tuple[Path, Dict[str, Any]]:
+    """Write an LKSMN checkpoint's weights (EMA where present) as ``.safetensors``; returns (path, configuration)."""
+    from lksmn_arch.checkpoint import save_safetensors
+    model, config = build_model_from_checkpoint(checkpoint)
+    return save_safetensors(model.state_dict(), path, config), config
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='lksmn-export',
         description='Export an LKSMN checkpoint to ONNX (dynamic batch, height and width; torch dynamo '
-        'exporter), then check it against PyTorch with ONNX Runtime.')
-    parser.add_argument('-m', '--model', required=True, help='LKSMN checkpoint (.pth, BasicSR or bare state dict)')
-    parser.add_argument('--onnx', required=True, help='output .onnx file (written atomically)')
+        'exporter), then check it against PyTorch with ONNX Runtime; and/or write its weights as .safetensors. '
+        'Existing outputs are refused unless --overwrite; the input checkpoint is never overwritten.')
+    parser.add_argument('-m', '--model', required=True,
+                        help='LKSMN checkpoint (.pth, BasicSR or bare state dict, or .safetensors)')
+    parser.add_argument('--onnx', default=None, help='output .onnx file (written atomically)')
+    parser.add_argument('--safetensors', default=None,
+                        help='output .safetensors file: the weights (EMA ones where the checkpoint has them) with '
+                        'the network configuration as metadata, for spandrel-based tools')
+    parser.add_argument('--overwrite', action='store_true', help='replace output files that exist')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET, help=f'ONNX opset (default {DEFAULT_OPSET})')
     parser.add_argument('--no-verify', action='store_true',
                         help='skip the ONNX Runtime vs PyTorch check after the export')
@@ -296,8 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``lksmn-export``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.onnx is None and args.safetensors is None:
+        parser.error('give --onnx FILE, --safetensors FILE or both')
     try:
+        outputs = [Path(p) for p in (args.onnx, args.safetensors) if p is not None]
+        check_outputs(outputs, [Path(args.model)], overwrite=args.overwrite)
+        if args.safetensors is not None:
+            path, config = export_safetensors(args.model, args.safetensors)
+            print(f'wrote {path} (x{config["upscale"]}, {len(load_state_dict(path))} tensors, configuration in '
+                  'its metadata)')
+        if args.onnx is None:
+            return 0
         # the exported graph is the exact inference form; the check compares it with the training form
         path, config, diff = export_checkpoint(args.model, args.onnx, opset=args.opset, verify=not args.no_verify)
         print(f'wrote {path} (x{config["upscale"]}, opset {args.opset}, dynamic batch/height/width, fused for '

@@ -2,11 +2,11 @@
 # Create (or refresh) the project's virtual environment in .venv on a CPU machine.
 # Idempotent: re-running with unchanged requirements does nothing.
 #   LKSMN_VENV=path   use another environment folder
-#   LKSMN_EXTRAS=...  pip extras to install (default: test,onnx,openvino,bench)
+#   LKSMN_EXTRAS=...  pip extras to install (default: test,onnx,openvino,bench,spandrel)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${LKSMN_VENV:-$root/.venv}"
-extras="${LKSMN_EXTRAS:-test,onnx,openvino,bench}"
+extras="${LKSMN_EXTRAS:-test,onnx,openvino,bench,spandrel}"
 stamp="$venv/.lksmn-installed"
 want="$(cat "$root/setup.py" "$root/constraints-cpu.txt" "$0" | sha256sum | cut -c1-16) $extras"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
