@@ -13,6 +13,7 @@ any other model type runs as written, with a warning naming the guarantees it la
 import argparse
 import logging
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,10 @@ from lksmn_arch.models.lksmn_model import TrainingInterrupted, exit_after_stop, 
 from lksmn_arch.dataset_checks import DatasetError, check_dataset_options, name_files_in_sample_errors
 
 
+PLAIN_NAME = re.compile(r'^[A-Za-z0-9_.+-]{1,128}$')  # an experiment name: a folder name, nothing more
+SHIPPED_PREFIX = 'shipped:'  # path.pretrain_network_g: shipped:x4 = the model shipped in the package
+
+
 class OptionsError(ValueError):
     """The option file cannot run: names the file, the key or the path at fault."""
 
@@ -40,7 +45,9 @@ def build_parser(prog: str, is_train: bool) -> argparse.ArgumentParser:
         prog=prog,
         description=f'{what} LKSMN with BasicSR\'s own {"training" if is_train else "test"} pipeline, '
         f'driven by a BasicSR option file. Writes {out} under the current directory.')
-    parser.add_argument('-opt', required=True, metavar='OPT.yml', help='BasicSR option file (YAML)')
+    parser.add_argument('-opt', required=True, metavar='OPT.yml',
+                        help='BasicSR option file (YAML); a bare name not found here is looked up among the '
+                        'templates shipped with the package (e.g. test_LKSMN_x4_openphotos.yml)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
                         help='distributed launcher: none (one process), pytorch (under torchrun) or slurm')
     parser.add_argument('--auto_resume', action='store_true',
@@ -49,7 +56,31 @@ def build_parser(prog: str, is_train: bool) -> argparse.ArgumentParser:
     parser.add_argument('--local_rank', type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument('--force_yml', nargs='+', default=None, metavar='KEY:PATH=VALUE',
                         help='override option values, e.g. train:total_iter=1000')
+    if not is_train:
+        parser.add_argument('--random-weights', action='store_true',
+                            help='test a network without path.pretrain_network_g (random weights: its scores mean '
+                            'nothing); refused otherwise')
     return parser
+
+
+def option_templates_dir() -> Path:
+    """The option files shipped with the package (``lksmn_arch/options/`` when installed, else the source tree's
+    ``options/``)."""
+    packaged = Path(__file__).resolve().parent / 'options'
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / 'options'
+
+
+def find_option_file(opt_path: str) -> str:
+    """``opt_path`` if it exists; else a shipped template of that name (``train_LKSMN_x4.yml``); OptionsError."""
+    if Path(opt_path).is_file():
+        return opt_path
+    if os.sep not in opt_path and '/' not in opt_path:
+        shipped = sorted(option_templates_dir().rglob(opt_path))
+        if shipped:
+            print(f'option file: {opt_path} is not in the current folder; using the template shipped with '
+                  f'lksmn_arch: {shipped[0]}', flush=True)
+            return str(shipped[0])
+    raise OptionsError(f'option file {opt_path} does not exist (shipped templates: {option_templates_dir()})')
 
 
 def load_options(opt_path: str, force_yml: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -96,8 +127,14 @@ def check_options(opt: Dict[str, Any], opt_path: str, is_train: bool) -> None:
         import torch
         if not torch.cuda.is_available():
             raise OptionsError(f"{opt_path}: num_gpu is {num_gpu} but torch sees no CUDA GPU (use num_gpu: auto)")
+    name = opt['name']
+    if not isinstance(name, str) or not PLAIN_NAME.match(name) or name.startswith('.'):
+        raise OptionsError(f'{opt_path}: name {name!r} must be a plain name (letters, digits, _ . + -; no path '
+                           'separators, not empty, not hidden): it names the folder under experiments/ or results/')
     network = opt['network_g']
     scale = opt.get('scale')
+    if not isinstance(network, dict):
+        raise OptionsError(f'{opt_path}: network_g must be a mapping of the network\'s type and arguments')
     if network.get('type') == 'LKSMN':
         upscale = network.get('upscale', 4)
         if scale is None:
@@ -105,6 +142,13 @@ def check_options(opt: Dict[str, Any], opt_path: str, is_train: bool) -> None:
         if scale != upscale:
             raise OptionsError(f'{opt_path}: scale ({scale}) differs from network_g.upscale ({upscale}); '
                                f'they must be equal')
+        from lksmn_arch.archs.lksmn_arch import LKSMN, SUPPORTED_SCALES
+        if upscale not in SUPPORTED_SCALES:
+            raise OptionsError(f'{opt_path}: scale {upscale}: LKSMN supports {", ".join(map(str, SUPPORTED_SCALES))}')
+        try:
+            LKSMN(**{k: v for k, v in network.items() if k != 'type'})
+        except (TypeError, ValueError) as error:
+            raise OptionsError(f'{opt_path}: network_g: {error}') from None
     for key, value in (opt.get('path') or {}).items():
         if key.startswith('pretrain_network') and value and not Path(os.path.expanduser(value)).is_file():
             raise OptionsError(f'{opt_path}: path.{key} {value} does not exist')
@@ -208,15 +252,42 @@ def _basicsr_arguments(args: argparse.Namespace, force_yml: List[str]) -> List[s
     return argv + (['--force_yml', *force_yml] if force_yml else [])
 
 
+def resolve_shipped_paths(opt: Dict[str, Any], opt_path: str) -> List[str]:
+    """Turn ``path.pretrain_network_*: shipped:x<s>`` into the shipped model's file (checked), in ``opt``; returns
+    the ``--force_yml`` overrides that tell BasicSR the same."""
+    from lksmn_arch.pretrained import ShippedModelError, default_model
+    overrides = []
+    for key, value in list((opt.get('path') or {}).items()):
+        if key.startswith('pretrain_network') and isinstance(value, str) and value.startswith(SHIPPED_PREFIX):
+            scale = value[len(SHIPPED_PREFIX):].lstrip('x')
+            if not scale.isdigit():
+                raise OptionsError(f'{opt_path}: path.{key} {value!r}: write shipped:x2, shipped:x3 or shipped:x4')
+            try:
+                resolved = str(default_model(int(scale)).path)
+            except ShippedModelError as error:
+                raise OptionsError(f'{opt_path}: path.{key} {value}: {error}') from None
+            opt['path'][key] = resolved
+            overrides.append(f'path:{key}={resolved}')
+    return overrides
+
+
 def _prepare(prog: str, argv: Optional[Sequence[str]], is_train: bool) -> Tuple[List[str], Optional[Note]]:
     """Check the option file; the command line for BasicSR and the model-type line to log."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(prog, is_train).parse_args(argv)
+    args.opt = find_option_file(args.opt)
     opt = load_options(args.opt, args.force_yml)
+    overrides = resolve_shipped_paths(opt, args.opt)
     check_options(opt, args.opt, is_train)
+    if not is_train and not (opt.get('path') or {}).get('pretrain_network_g') and not args.random_weights:
+        raise OptionsError(f'{args.opt}: path.pretrain_network_g is not set, so the test would score random weights; '
+                           'set it to a checkpoint (or shipped:x4), or pass --random-weights if that is what you want')
     run_as, note = model_type_plan(opt, args.opt, is_train)
-    if run_as:  # argparse keeps only the last --force_yml, so all overrides go into one
-        argv = _basicsr_arguments(args, [*(args.force_yml or []), run_as])
+    if run_as:
+        overrides.append(run_as)
+    # BasicSR's own parser gets only its arguments; argparse keeps only the last --force_yml, so all overrides
+    # go into one
+    argv = _basicsr_arguments(args, [*(args.force_yml or []), *overrides])
     _pass_dist_params_to_torchrun(opt)
     name_files_in_sample_errors()
     return argv, note

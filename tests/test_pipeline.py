@@ -210,3 +210,27 @@ def test_model_types_other_than_lksmnmodel_run_as_lksmnmodel_or_with_a_warning(i
                               'for LKSMNModel and SRModel only): ')
     assert ('atomic checkpoint saves' in message) is is_train
     assert 'weights-only loading with a one-line refusal of pickled code' in message
+
+
+def test_training_log_names_frozen_parameters_but_not_lksmn_batchnorm_statistics(trained_run, monkeypatch):
+    """LKSMN keeps BatchNorm statistics as frozen parameters on purpose: no warning for them; a parameter a
+    user froze is still named."""
+    workdir, _ = trained_run
+    assert 'will not be optimized' not in _log_text(workdir / 'experiments' / 'tiny_disk', 'train')
+    from basicsr.utils import get_root_logger
+    from lksmn_arch.models.lksmn_model import LKSMNModel
+    from lksmn_arch import LKSMN
+    from conftest import TINY_NETWORK
+    warnings = []
+    monkeypatch.setattr(get_root_logger(), 'warning', warnings.append)
+    model = LKSMNModel.__new__(LKSMNModel)
+    network = LKSMN(**{k: v for k, v in TINY_NETWORK.items() if k != 'type'})
+    network.conv_first.weight.requires_grad_(False)
+    model.net_g, model.optimizers = network, []
+    model.opt = {'train': {'optim_g': {'type': 'Adam', 'lr': 1e-3}}}
+    model.setup_optimizers()
+    assert warnings == ['Params conv_first.weight will not be optimized.']
+    optimized = {id(p) for group in model.optimizer_g.param_groups for p in group['params']}
+    assert id(network.conv_first.weight) not in optimized
+    assert all(id(p) not in optimized for name, p in network.named_parameters() if 'running_' in name)
+    assert len(optimized) == sum(p.requires_grad for p in network.parameters())

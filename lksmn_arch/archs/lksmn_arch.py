@@ -129,7 +129,7 @@ class BatchNorm2d(nn.BatchNorm2d):
     BasicSR's ``model_ema`` averages ``named_parameters()`` only: with buffers, the EMA network (``params_ema``,
     what test option files load) would keep the initial statistics (mean 0, variance 1) for ever. As parameters
     with ``requires_grad=False`` they are averaged like the weights, in any BasicSR model, and the optimizer
-    leaves them alone (BasicSR logs "will not be optimized" for each).
+    leaves them alone (BasicSR's SRModel logs "will not be optimized" for each; LKSMNModel does not).
 
     It has no buffers at all (``num_batches_tracked`` is only used with ``momentum=None``): DDP broadcasts
     buffers at every forward, and BasicSR validates on rank 0 alone, so a buffer would hang that broadcast.

@@ -50,6 +50,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 
 from lksmn_arch import resume
 from lksmn_arch.atomic import atomic_save, check_writable, remove_stale_temporaries
+from lksmn_arch.checkpoint import CheckpointError, check_finite
 from lksmn_arch.resume import TrainingError, load_trusted
 
 DEFAULT_MAX_NONFINITE_STEPS = 20
@@ -208,6 +209,14 @@ def _write_to_log_files(logger: logging.Logger, warnings: List[str]) -> None:
                 handler.handle(record)
 
 
+def _first_mismatch(message: str) -> str:
+    """The first useful line of ``load_state_dict``'s error (a size mismatch or the missing keys)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for line in lines[1:]:
+        return line.rstrip('.')
+    return lines[0] if lines else 'unknown difference'
+
+
 def _all_finite(tensors: List[torch.Tensor]) -> torch.Tensor:
     """One boolean tensor (no device sync): every value of every tensor is finite."""
     if not tensors:
@@ -252,24 +261,57 @@ class LKSMNModel(SRModel):
         self.max_nonfinite_steps = int(value)
         super().init_training_settings()
 
+    def setup_optimizers(self) -> None:
+        """SRModel's, without a "will not be optimized" warning for LKSMN's BatchNorm statistics: they are frozen
+        parameters by design (so that EMA averages them). Other frozen parameters are still named."""
+        from lksmn_arch.archs.lksmn_arch import BatchNorm2d
+        statistics = {id(p) for m in self.net_g.modules() if isinstance(m, BatchNorm2d)
+                      for p in (m.running_mean, m.running_var)}
+        frozen = [k for k, v in self.net_g.named_parameters() if not v.requires_grad and id(v) not in statistics]
+        for name in frozen:
+            get_root_logger().warning(f'Params {name} will not be optimized.')
+        train_opt = self.opt['train']
+        optim_type = train_opt['optim_g'].pop('type')
+        self.optimizer_g = self.get_optimizer(optim_type, [v for v in self.net_g.parameters() if v.requires_grad],
+                                              **train_opt['optim_g'])
+        self.optimizers.append(self.optimizer_g)
+
     # --- loading ---------------------------------------------------------------------------------------
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
-        """As BasicSR's, but the file is read with weights-only loading (refusing pickled code)."""
+        """As BasicSR's, but the file is read with weights-only loading (refusing pickled code), a bare state dict
+        is taken as it is, and weights that do not fit the network or are not finite are refused in one line."""
         logger = get_root_logger()
         net = self.get_bare_model(net)
         checkpoint = load_trusted(load_path)
-        if param_key is not None:
-            if param_key not in checkpoint and 'params' in checkpoint:
+        if not isinstance(checkpoint, dict):
+            raise TrainingError(f'{load_path} holds no state dict ({type(checkpoint).__name__})')
+        if (param_key is not None and param_key in checkpoint) or 'params' in checkpoint:
+            if param_key not in checkpoint:
                 logger.info(f'Loading: {param_key} does not exist in {load_path}, use params.')
                 param_key = 'params'
             checkpoint = checkpoint[param_key]
+        elif checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+            logger.info(f'Loading: {load_path} is a bare state dict (no {param_key!r} key); using it as it is.')
+            param_key = None
+        else:
+            keys = ', '.join(map(repr, list(checkpoint)[:6])) or 'none'
+            raise TrainingError(f'{load_path} has no {param_key!r} or "params" weights (keys: {keys})')
         logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
         for key in list(checkpoint):
             if key.startswith('module.'):
                 checkpoint[key[len('module.'):]] = checkpoint.pop(key)
+        try:
+            check_finite(checkpoint, load_path)
+        except CheckpointError as error:
+            raise TrainingError(str(error)) from None
         self._print_different_keys_loading(net, checkpoint, strict)
-        net.load_state_dict(checkpoint, strict=strict)
+        try:
+            net.load_state_dict(checkpoint, strict=strict)
+        except RuntimeError as error:
+            raise TrainingError(f'{load_path} does not fit network_g ({type(net).__name__}): '
+                                f'{_first_mismatch(str(error))}. Is it a checkpoint of another network or '
+                                'network size?') from None
 
     def resume_training(self, resume_state: Dict[str, Any]) -> None:
         """BasicSR's, remembering the state's epoch and iteration."""
