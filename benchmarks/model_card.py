@@ -5,7 +5,8 @@ for MATLAB bicubic and for each model given: the shipped model (default), SAFMN 
 recipe (``--safmn``, a checkpoint of ``benchmarks/train_peer.py``) and the demo recipe's model (``--demo``,
 ``lksmn-demo``'s checkpoint). All networks run whole images in fp32 with PyTorch on the CPU. Then the
 shipped model's other paths (PyTorch bf16, OpenVINO fp32 and bf16 where installed) are compared with its
-fp32 output on the first test set: PSNR change, largest pixel difference, non-finite values.
+fp32 output on the first test set: PSNR change, largest pixel difference, non-finite values. The data table
+comes from the manifest; with ``--train-log`` the wall time of each run to ``--iterations``.
 
     .venv/bin/python benchmarks/model_card.py --data datasets/openphotos --safmn SAFMN.pth --demo demo.pth \\
         --json benchmarks/results/model_card_x4.json --markdown benchmarks/results/model_card_x4.md
@@ -13,11 +14,13 @@ fp32 output on the first test set: PSNR change, largest pixel difference, non-fi
 docs/models.md holds the markdown file verbatim (a test checks it).
 """
 import argparse
+import importlib.util
 import json
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -36,7 +39,7 @@ from lksmn_arch.inference import Upscaler  # noqa: E402
 from lksmn_arch.pretrained import default_model  # noqa: E402
 
 SCALE = 4
-TEST_SETS = (('openphotos_test', 'open photos, held out (20)'), ('demo_heldout', "the demo's held-out photos (3)"))
+TEST_SETS = (('openphotos_test', 'open photos, held out'), ('demo_heldout', "the demo's held-out photos"))
 
 
 def scores(image: np.ndarray, gt: np.ndarray) -> Dict[str, float]:
@@ -61,8 +64,9 @@ def load_safmn(path: Path) -> torch.nn.Module:
     return model.eval()
 
 
-def evaluate(models: Dict[str, Upscaler], data: Path) -> Dict[str, dict]:
-    """Per test set and image: bicubic and every model's scores; plus the means."""
+def evaluate(models: Dict[str, Upscaler], data: Path, keep: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, dict]:
+    """Per test set and image: bicubic and every model's scores; plus the means. The shipped model's float
+    outputs on the first set go into ``keep`` (the reference of the precision comparison)."""
     results = {}
     for folder, label in TEST_SETS:
         per_image: Dict[str, Dict[str, dict]] = {}
@@ -70,7 +74,11 @@ def evaluate(models: Dict[str, Upscaler], data: Path) -> Dict[str, dict]:
             gt, lr = cv2.imread(str(gt_path)), cv2.imread(str(lr_path))
             row = {'bicubic': scores(bicubic_upscale(lr), gt)}
             for name, upscaler in models.items():
-                row[name] = scores(upscale_bgr(upscaler, lr), gt)
+                if name == 'shipped' and keep is not None and folder == TEST_SETS[0][0]:
+                    keep[gt_path.stem] = upscaler.upscale_image(lr[..., ::-1].astype(np.float32) / 255.0)
+                    row[name] = scores(_to_bgr_uint8(keep[gt_path.stem]), gt)
+                else:
+                    row[name] = scores(upscale_bgr(upscaler, lr), gt)
             per_image[gt_path.stem] = row
         methods = list(next(iter(per_image.values())))
         mean = {m: {k: float(np.mean([row[m][k] for row in per_image.values()])) for k in ('psnr', 'ssim')}
@@ -79,31 +87,83 @@ def evaluate(models: Dict[str, Upscaler], data: Path) -> Dict[str, dict]:
     return results
 
 
-def precision_agreement(checkpoint: Path, data: Path) -> Dict[str, dict]:
-    """The shipped model's bf16 and OpenVINO paths against its PyTorch fp32 output on the first test set."""
+def _to_bgr_uint8(rgb: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)[..., ::-1])
+
+
+def precision_agreement(checkpoint: Path, data: Path, reference: Dict[str, np.ndarray]) -> Dict[str, dict]:
+    """The shipped model's other paths (PyTorch bf16, spandrel's model in fp16 and bf16, OpenVINO fp32 and bf16)
+    against its PyTorch fp32 outputs (``reference``, by image) on the first test set."""
     from lksmn_arch.latency import runtime_installed
-    paths: Dict[str, Upscaler] = {'torch bf16': Upscaler.from_checkpoint(str(checkpoint), device='cpu',
-                                                                         precision='bf16', progress=False)}
+    paths: Dict[str, Any] = {'torch bf16': Upscaler.from_checkpoint(str(checkpoint), device='cpu',
+                                                                    precision='bf16', progress=False)}
+    if importlib.util.find_spec('spandrel') is not None:  # what spandrel-based tools run (supports_half/bfloat16)
+        import lksmn_arch.spandrel_support as spandrel_support
+        from spandrel import ModelLoader
+        spandrel_support.install()
+        for name, dtype in (('spandrel fp16', torch.float16), ('spandrel bf16', torch.bfloat16)):
+            descriptor = ModelLoader().load_from_file(checkpoint)
+            descriptor.model.to(dtype)
+            paths[name] = (descriptor, dtype)
     if runtime_installed('openvino'):
         from lksmn_arch.upscale import build_upscaler
         for precision in ('fp32', 'bf16'):
             paths[f'OpenVINO {precision}'] = build_upscaler(checkpoint, backend='openvino', device='cpu',
                                                             precision=precision, progress=False)
-    reference = Upscaler.from_checkpoint(str(checkpoint), device='cpu', progress=False)
     rows = {name: {'psnr_change': [], 'max_abs_diff': 0.0, 'non_finite': 0} for name in paths}
     for gt_path, lr_path in tqdm(pairs(data / TEST_SETS[0][0]), desc='precision', unit='img'):
         gt, lr = cv2.imread(str(gt_path)), cv2.imread(str(lr_path))
         rgb = lr[..., ::-1].astype(np.float32) / 255.0
-        base = reference.upscale_image(rgb)
-        base_psnr = scores(upscale_bgr(reference, lr), gt)['psnr']
-        for name, upscaler in paths.items():
-            out = upscaler.upscale_image(rgb)
+        base = reference[gt_path.stem]
+        base_psnr = scores(_to_bgr_uint8(base), gt)['psnr']
+        for name, runner in paths.items():
+            if isinstance(runner, tuple):
+                descriptor, dtype = runner
+                x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(dtype)
+                out = descriptor(x)[0].float().numpy().transpose(1, 2, 0)
+            else:
+                out = runner.upscale_image(rgb)
             rows[name]['non_finite'] += int((~np.isfinite(out)).sum())
             rows[name]['max_abs_diff'] = max(rows[name]['max_abs_diff'], float(np.nanmax(np.abs(out - base))))
-            rows[name]['psnr_change'].append(scores(upscale_bgr(upscaler, lr), gt)['psnr'] - base_psnr)
+            rows[name]['psnr_change'].append(scores(_to_bgr_uint8(np.nan_to_num(out)), gt)['psnr'] - base_psnr)
     return {name: {'psnr_change_mean': float(np.mean(r['psnr_change'])),
                    'psnr_change_worst': float(max(r['psnr_change'], key=abs)),
                    'max_abs_diff': r['max_abs_diff'], 'non_finite': r['non_finite']} for name, r in rows.items()}
+
+
+def data_summary() -> List[Dict[str, Any]]:
+    """Photos per source and split, with their licences, from the manifest."""
+    from lksmn_arch.open_photos import load_manifest
+    rows: Dict[str, Dict[str, Any]] = {}
+    for photo in load_manifest():
+        row = rows.setdefault(photo.package, {'package': f'{photo.package} {photo.version}', 'train': 0, 'test': 0,
+                                              'licences': {}})
+        row[photo.split] += 1
+        row['licences'][photo.licence] = row['licences'].get(photo.licence, 0) + 1
+    return list(rows.values())
+
+
+_LOG_TIME = re.compile(r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ INFO: (.*)$')
+
+
+def training_summary(log: Path, iterations: Optional[int]) -> Dict[str, Any]:
+    """Wall time from the start of training to the log line of ``iterations`` (all sessions of a resumed run)."""
+    from datetime import datetime
+    start, reached, last = None, None, None
+    for line in log.read_text().splitlines():
+        match = _LOG_TIME.match(line)
+        if not match:
+            continue
+        stamp, text = datetime.strptime(match.group(1), '%Y-%m-%d %H:%M:%S'), match.group(2)
+        if text.startswith('Start training') and start is None:
+            start = stamp
+        iteration = re.search(r'iter:\s*([\d,]+)', text)
+        if iteration:
+            last = int(iteration.group(1).replace(',', ''))
+            if iterations is not None and last >= iterations and reached is None:
+                reached = stamp
+    return {'log': log.name, 'iterations': iterations if reached else last,
+            'wall_hours': ((reached or stamp) - start).total_seconds() / 3600 if start else None}
 
 
 LABELS = {'bicubic': 'MATLAB bicubic', 'shipped': 'LKSMN, shipped model', 'safmn': 'SAFMN, same recipe',
@@ -112,10 +172,21 @@ LABELS = {'bicubic': 'MATLAB bicubic', 'shipped': 'LKSMN, shipped model', 'safmn
 
 def markdown(report: dict) -> str:
     """The tables of docs/models.md."""
-    lines = []
+    lines = ['Data (photos per source, from `lksmn_arch/data/open_photos.json`):', '',
+             '| package | train | held out | licences |', '|---|---:|---:|---|']
+    for row in report['data']:
+        licences = ', '.join(f'{k} {v}' for k, v in sorted(row['licences'].items(), key=lambda kv: -kv[1]))
+        lines.append(f"| {row['package']} | {row['train']} | {row['test']} | {licences} |")
+    lines.append(f"| **all** | {sum(r['train'] for r in report['data'])} | {sum(r['test'] for r in report['data'])} | |")
+    lines.append('')
+    for name, summary in (report.get('training') or {}).items():
+        lines.append(f"- {LABELS.get(name, name)}: {summary['iterations']} iterations in "
+                     f"{summary['wall_hours']:.2f} h of wall time ({summary['log']})")
+    if report.get('training'):
+        lines.append('')
     for folder, result in report['scores'].items():
         methods = list(result['mean'])
-        lines += [f"**{result['label']}**, x{SCALE}, PSNR (dB) / SSIM on Y, border {SCALE}:", '',
+        lines += [f"**{result['label']} ({result['images']})**, x{SCALE}, PSNR (dB) / SSIM on Y, border {SCALE}:", '',
                   '| method | PSNR / SSIM | over bicubic |', '|---|---|---:|']
         bicubic = result['mean']['bicubic']['psnr']
         for method in methods:
@@ -152,6 +223,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--safmn', type=Path, default=None, help='SAFMN checkpoint trained with the same recipe')
     parser.add_argument('--demo', type=Path, default=None, help="lksmn-demo's checkpoint (the demo's recipe)")
     parser.add_argument('--no-precision', action='store_true', help='skip the precision agreement')
+    parser.add_argument('--train-log', nargs='+', default=None, metavar='LOG',
+                        help="BasicSR train logs of the shipped model's run (and SAFMN's): wall time to --iterations")
+    parser.add_argument('--iterations', type=int, default=None, help='the iteration the checkpoints are of')
     parser.add_argument('--json', type=Path, required=True, help='where the results go (JSON)')
     parser.add_argument('--markdown', type=Path, required=True, help='where the tables go (markdown)')
     args = parser.parse_args(argv)
@@ -163,9 +237,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         models['safmn'] = Upscaler(load_safmn(args.safmn), scale=SCALE, device='cpu', progress=False)
     if args.demo:
         models['demo'] = Upscaler(build_model_from_checkpoint(args.demo)[0], device='cpu', progress=False)
-    report = {'scale': SCALE, 'shipped': str(shipped), 'scores': evaluate(models, args.data)}
+    reference: Dict[str, np.ndarray] = {}
+    report = {'scale': SCALE, 'shipped': str(shipped), 'data': data_summary(),
+              'scores': evaluate(models, args.data, reference)}
+    if args.train_log:
+        report['training'] = {name: training_summary(Path(log), args.iterations) for name, log in
+                              zip(('shipped', 'safmn'), args.train_log)}
     if not args.no_precision:
-        report['precision'] = precision_agreement(shipped, args.data)
+        report['precision'] = precision_agreement(shipped, args.data, reference)
     shown = ['benchmarks/model_card.py'] + [a if not a.startswith('/') else Path(a).name for a in
                                             (sys.argv[1:] if argv is None else argv)]
     report.update(command=' '.join(shown), seconds=time.time() - started, cpu=_cpu(),

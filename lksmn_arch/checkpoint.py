@@ -100,7 +100,13 @@ def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: PathLike, con
     path = Path(path)
     tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
     metadata = {'format': 'pt', 'architecture': 'LKSMN', 'lksmn_config': json.dumps(config)}
-    replace_atomically(path, lambda temp: save_file(tensors, str(temp), metadata=metadata))
+    def write(temp: Path) -> None:
+        save_file(tensors, str(temp), metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # safetensors creates its file private (0600); give it a file's usual mode
+
+    replace_atomically(path, write)
     return path
 
 

@@ -35,10 +35,18 @@ class ShippedModel:
     iterations: int
     hardware: str
     notes: str = ''
+    safetensors_file: str = ''
+    safetensors_sha256: str = ''
 
     @property
     def path(self) -> Path:
+        """The BasicSR checkpoint (``{'params_ema': ...}``)."""
         return WEIGHTS_DIR / self.file
+
+    @property
+    def safetensors_path(self) -> Optional[Path]:
+        """The same weights as ``.safetensors`` (for spandrel-based tools), if shipped."""
+        return WEIGHTS_DIR / self.safetensors_file if self.safetensors_file else None
 
     def describe(self) -> str:
         """One line for a user: name, scale, data and iterations."""
@@ -72,9 +80,10 @@ def default_model(scale: int = 4, *, verify: bool = True, index: Optional[Path] 
         if model.scale == scale:
             if not model.path.is_file():
                 raise ShippedModelError(f'the shipped model {model.path} is missing: reinstall lksmn_arch')
-            if verify and file_sha256(model.path) != model.sha256:
-                raise ShippedModelError(f'the shipped model {model.path} does not match its sha256 in {INDEX.name}: '
-                                        'the install is damaged; reinstall lksmn_arch')
+            for path, expected in ((model.path, model.sha256), (model.safetensors_path, model.safetensors_sha256)):
+                if verify and path is not None and file_sha256(path) != expected:
+                    raise ShippedModelError(f'the shipped model {path} does not match its sha256 in {INDEX.name}: '
+                                            'the install is damaged; reinstall lksmn_arch')
             return model
     have = ', '.join(f'x{m.scale}' for m in sorted(models, key=lambda m: m.scale)) or 'none'
     raise ShippedModelError(f'no shipped LKSMN model for x{scale} (shipped: {have}); pass -m with a checkpoint '

@@ -406,7 +406,7 @@ def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathL
 
     # -o an input folder: files named like this tool's outputs there are earlier outputs, not inputs
     own_outputs = {p for p in files if suffix and p.stem.endswith(suffix) and p.parent.resolve() == output_dir.resolve()}
-    input_set = {p.resolve() for p in files if p not in own_outputs}
+    input_set = {p.resolve() for p in files}  # never written, not even with --overwrite
     report = UpscaleReport()
     claimed: Dict[Path, Path] = {}
 
@@ -425,7 +425,7 @@ def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathL
             has_alpha = img.ndim == 3 and img.shape[2] == 4
             target, notes = _final_extension(output_path(path, output_dir, suffix, ext), has_alpha, depth, ext)
             resolved = target.resolve()
-            if resolved in input_set:
+            if resolved == path.resolve() or (overwrite and resolved in input_set):
                 fail(path, f'its output {target} is an input file; refusing to overwrite it '
                      f'(choose another -o folder or --suffix)')
                 continue

@@ -1,7 +1,7 @@
 """Put a trained checkpoint into the package as a shipped model (maintainers' tool).
 
 Takes the EMA weights (``params_ema``, else ``params``) of a BasicSR checkpoint, refuses non-finite ones,
-writes ``lksmn_arch/weights/<name>.pth`` as ``{'params_ema': state_dict}`` and records it in
+writes ``lksmn_arch/weights/<name>.pth`` as ``{'params_ema': state_dict}`` and ``<name>.safetensors``, and records them in
 ``lksmn_arch/weights/models.json`` with its sha256, scale, network configuration (read from the shapes),
 data, recipe, iterations and hardware::
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lksmn_arch.atomic import atomic_save, replace_atomically  # noqa: E402
-from lksmn_arch.checkpoint import infer_lksmn_config, load_state_dict  # noqa: E402
+from lksmn_arch.checkpoint import infer_lksmn_config, load_state_dict, save_safetensors  # noqa: E402
 from lksmn_arch.pretrained import INDEX, WEIGHTS_DIR, file_sha256  # noqa: E402
 
 
@@ -34,10 +34,11 @@ def ship(checkpoint: Path, name: str, iterations: int, data: str, recipe: str, h
     config = infer_lksmn_config(state_dict)
     WEIGHTS_DIR.mkdir(exist_ok=True)
     target = WEIGHTS_DIR / f'{name}.pth'
-    atomic_save({'params_ema': {k: v.contiguous() for k, v in state_dict.items()}}, target)
+    atomic_save({'params_ema': {k: v.contiguous() for k, v in state_dict.items()}}, target, 'shipped weights')
+    tensors = save_safetensors(state_dict, target.with_suffix('.safetensors'), config)
     entry = {'name': name, 'file': target.name, 'sha256': file_sha256(target), 'scale': config['upscale'],
              'network': config, 'data': data, 'recipe': recipe, 'iterations': iterations, 'hardware': hardware,
-             'notes': notes}
+             'notes': notes, 'safetensors_file': tensors.name, 'safetensors_sha256': file_sha256(tensors)}
     index = json.loads(INDEX.read_text()) if INDEX.is_file() else {'models': []}
     index['models'] = [m for m in index['models'] if m['name'] != name] + [entry]
     index['models'].sort(key=lambda m: (m['scale'], m['name']))

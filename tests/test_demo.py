@@ -7,10 +7,13 @@ from lksmn_arch import demo
 def test_demo_trains_tests_and_scores_lksmn_against_bicubic(tmp_path, capsys):
     assert demo.main(['--out', str(tmp_path / 'demo'), '--iters', '2', '--batch', '2']) == 0
     out = capsys.readouterr().out
-    rows = re.findall(r'^\| (astronaut|chelsea|coffee) \| ([0-9.]+) / ([0-9.]+) \| ([0-9.]+) / ([0-9.]+) \|$', out,
-                      re.MULTILINE)
+    assert '| image | Bicubic PSNR / SSIM | LKSMN (this demo) PSNR / SSIM | LKSMN shipped model PSNR / SSIM |' in out
+    rows = re.findall(r'^\| (astronaut|chelsea|coffee) \| ([0-9.]+) / ([0-9.]+) \| ([0-9.]+) / ([0-9.]+) '
+                      r'\| ([0-9.]+) / ([0-9.]+) \|$', out, re.MULTILINE)
     assert [r[0] for r in rows] == ['astronaut', 'chelsea', 'coffee']
     assert all(20 < float(r[1]) < 40 for r in rows), 'bicubic PSNR of real photos at x4 lies in 20-40 dB'
+    assert all(float(r[5]) > float(r[1]) for r in rows), 'the shipped model is above bicubic on every photo'
+    assert 'The shipped model (trained longer on more data' in out
     assert (tmp_path / 'demo' / 'comparison.png').stat().st_size > 10_000
     assert (tmp_path / 'demo' / 'experiments' / 'LKSMN_x4_demo' / 'models' / 'net_g_latest.pth').is_file()
     assert 'LKSMN is' in out and 'bicubic by' in out

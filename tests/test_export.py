@@ -122,8 +122,9 @@ def test_runtime_backends_run_a_verified_export_of_the_checkpoint_made_once(expo
                            progress=False)
     assert auto.ok and torch_.ok
     assert len(lines) == 1 and lines[0].startswith(f'backend: {name} (') and str(onnx_cache_dir()) in lines[0]
-    cached = list((tmp_path / 'cache').iterdir())
-    assert len(cached) == 1 and cached[0].suffix == '.onnx' and cached[0].name.startswith('lksmn_x3-')
+    cached = sorted((tmp_path / 'cache').iterdir())  # the export and its recorded hash
+    assert [p.name[len(cached[0].name):] for p in cached] == ['', '.sha256']
+    assert cached[0].suffix == '.onnx' and cached[0].name.startswith('lksmn_x3-')
     a, b = _upscaled(tmp_path / 'auto'), _upscaled(tmp_path / 'torch')
     assert a.keys() == b.keys() and all(np.abs(a[k] - b[k]).max() <= 1 for k in a)
 
@@ -132,7 +133,7 @@ def test_runtime_backends_run_a_verified_export_of_the_checkpoint_made_once(expo
     monkeypatch.setattr(export, 'export_checkpoint', no_second_export)
     again = upscale_paths(tmp_path / 'rgb.png', tmp_path / 'again', checkpoint, device='cpu', progress=False,
                           backend=backend)
-    assert again.ok and list((tmp_path / 'cache').iterdir()) == cached
+    assert again.ok and sorted((tmp_path / 'cache').iterdir()) == cached
 
 
 def test_auto_backend_falls_back_to_pytorch_when_the_export_fails(exported, tmp_path, monkeypatch):

@@ -103,13 +103,13 @@ def test_help_explains_the_phases_and_outputs():
         assert word in text
 
 
-def test_readme_speed_figures_are_the_tables_the_benchmark_wrote():
-    """The README's speed tables are benchmarks/results/speed_cpu.md verbatim, so no figure is typed by hand."""
+def test_speed_page_figures_are_the_tables_the_benchmark_wrote():
+    """docs/speed.md's tables are benchmarks/results/speed_cpu.md verbatim, so no figure is typed by hand."""
     repo = Path(__file__).resolve().parents[1]
     written = (repo / 'benchmarks' / 'results' / 'speed_cpu.md').read_text().splitlines()
-    readme = (repo / 'README.md').read_text()
-    missing = [line for line in written if line.strip() and line not in readme]
-    assert not missing, f'README lacks {len(missing)} line(s) of speed_cpu.md, e.g. {missing[0]!r}'
+    page = (repo / 'docs' / 'speed.md').read_text()
+    missing = [line for line in written if line.strip() and line not in page]
+    assert not missing, f'docs/speed.md lacks {len(missing)} line(s) of speed_cpu.md, e.g. {missing[0]!r}'
 
 
 def test_interleaved_timing_idles_before_every_call_outside_the_timed_span(monkeypatch):

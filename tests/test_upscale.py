@@ -117,10 +117,13 @@ def test_output_never_overwrites_an_input_file(tmp_path, checkpoint, capsys):
     same_name = main(['-i', str(tmp_path), '-o', str(tmp_path), '-m', str(checkpoint), '--suffix', '', '--quiet'])
     default = main(['-i', str(tmp_path), '-o', str(tmp_path), '-m', str(checkpoint), '--quiet'])
 
-    assert same_name == 1 and default == 1
+    overwrite = main(['-i', str(tmp_path), '-o', str(tmp_path), '-m', str(checkpoint), '--quiet', '--overwrite'])
+
+    assert same_name == 1 and overwrite == 1
+    assert default == 0  # a_x2.png exists (a.png skipped) and is named like an output here (not upscaled again)
     assert 'refusing to overwrite' in capsys.readouterr().err
     assert {p: p.read_bytes() for p in (first, second)} == before
-    assert cv2.imread(str(tmp_path / 'a_x2_x2.png')).shape == (H * 2, W * 2, 3)  # the one that was safe
+    assert not (tmp_path / 'a_x2_x2.png').exists()
     assert _leftover_temp_files(tmp_path) == []
 
 

@@ -1,0 +1,89 @@
+"""The starter model shipped in the package: listed with its checksums and provenance, the default of
+lksmn-upscale, Upscaler and option files (shipped:x4), refused when damaged; its card's figures are the files
+the evaluation wrote."""
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import lksmn_arch  # noqa: F401
+from lksmn_arch import pretrained, upscale
+from lksmn_arch.checkpoint import build_model_from_checkpoint, load_state_dict
+from lksmn_arch.inference import Upscaler
+from lksmn_arch.pipeline import OptionsError, resolve_shipped_paths
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_shipped_model_is_listed_with_its_checksums_and_provenance():
+    models = pretrained.shipped_models()
+    assert [m.scale for m in models] == [4]
+    for model in models:
+        assert pretrained.file_sha256(model.path) == model.sha256
+        assert pretrained.file_sha256(model.safetensors_path) == model.safetensors_sha256
+        assert model.path.stat().st_size < 5 * 2**20
+        network, config = build_model_from_checkpoint(model.path)
+        assert config == {**model.network, 'lkcd_kernels': tuple(map(tuple, model.network['lkcd_kernels']))}
+        assert sum(p.numel() for p in network.parameters() if p.requires_grad) == 251_427  # the default network
+        assert model.iterations > 0 and model.data and model.hardware
+        assert (REPO / model.recipe).is_file()
+        same = load_state_dict(model.safetensors_path)
+        assert all(torch.equal(same[k], v) for k, v in load_state_dict(model.path).items())
+
+
+def test_upscale_without_a_model_runs_the_shipped_one_and_names_it(tmp_path):
+    photo = tmp_path / 'photo.png'
+    cv2.imwrite(str(photo), np.random.default_rng(0).integers(0, 256, (10, 12, 3), dtype=np.uint8))
+    lines = []
+    report = upscale.upscale_paths(photo, tmp_path / 'out', backend='torch', progress=False, log=lines.append)
+    assert lines[0].startswith('model: LKSMN_x4_openphotos (shipped x4 model, trained ')
+    shipped = cv2.imread(str(report.written[0][1]))
+    expected = upscale.upscale_paths(photo, tmp_path / 'with_m', pretrained.default_model(4).path, backend='torch',
+                                     progress=False).written[0][1]
+    assert shipped.shape == (40, 48, 3) and np.array_equal(shipped, cv2.imread(str(expected)))
+
+
+def test_a_scale_without_a_shipped_model_says_which_exist(tmp_path, capsys):
+    photo = tmp_path / 'photo.png'
+    cv2.imwrite(str(photo), np.zeros((8, 8, 3), np.uint8))
+    assert upscale.main(['-i', str(photo), '-o', str(tmp_path / 'out'), '--scale', '2', '--quiet']) == 2
+    assert 'no shipped LKSMN model for x2 (shipped: x4)' in capsys.readouterr().err
+    with pytest.raises(pretrained.ShippedModelError, match='shipped: x4'):
+        Upscaler.from_checkpoint(scale=3)
+
+
+def test_upscaler_defaults_to_the_shipped_model():
+    assert Upscaler.from_checkpoint().scale == 4
+
+
+def test_a_damaged_shipped_file_is_refused(tmp_path, monkeypatch):
+    weights = tmp_path / 'weights'
+    shutil.copytree(pretrained.WEIGHTS_DIR, weights)
+    monkeypatch.setattr(pretrained, 'WEIGHTS_DIR', weights)
+    with open(weights / 'LKSMN_x4_openphotos.pth', 'r+b') as handle:
+        handle.seek(-100, 2)
+        handle.write(b'\0' * 10)
+    with pytest.raises(pretrained.ShippedModelError, match='does not match its sha256'):
+        pretrained.default_model(4, index=weights / 'models.json')
+
+
+def test_option_files_name_the_shipped_model_as_shipped_x4():
+    opt = {'path': {'pretrain_network_g': 'shipped:x4'}}
+    overrides = resolve_shipped_paths(opt, 'test.yml')
+    assert opt['path']['pretrain_network_g'] == str(pretrained.default_model(4).path)
+    assert overrides == [f'path:pretrain_network_g={pretrained.default_model(4).path}']
+    with pytest.raises(OptionsError, match=r'shipped:x3: no shipped LKSMN model for x3'):
+        resolve_shipped_paths({'path': {'pretrain_network_g': 'shipped:x3'}}, 'test.yml')
+
+
+def test_model_card_tables_are_the_file_the_evaluation_wrote():
+    written = (REPO / 'benchmarks' / 'results' / 'model_card_x4.md').read_text().splitlines()
+    card = (REPO / 'docs' / 'models.md').read_text()
+    missing = [line for line in written if line.strip() and line not in card]
+    assert not missing, f'docs/models.md lacks {len(missing)} line(s) of model_card_x4.md, e.g. {missing[0]!r}'
+    report = json.loads((REPO / 'benchmarks' / 'results' / 'model_card_x4.json').read_text())
+    assert Path(report['shipped']).name == pretrained.default_model(4).file
