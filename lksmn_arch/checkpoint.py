@@ -1,13 +1,15 @@
 """Read LKSMN checkpoints safely and rebuild the network they were trained with.
 
 BasicSR saves ``{'params': state_dict}`` (and ``{'params_ema': ...}`` when EMA is on); other tools save
-a bare state dict, or a ``.safetensors`` file (read as a bare state dict). Checkpoints are read with ``torch.load(weights_only=True)``, which never runs
-pickled code, so a downloaded file cannot execute anything; a file that needs code is refused.
+a bare state dict, or a ``.safetensors`` file (read as a bare state dict). Checkpoints are read with
+``torch.load(weights_only=True)``, which never runs pickled code, so a downloaded file cannot execute
+anything; a file that needs code is refused.
 
 The hyperparameters are read back from tensor shapes, so a checkpoint is enough to rebuild its network:
 
     model, config = build_model_from_checkpoint('net_g_latest.pth')
 """
+import json
 import math
 import os
 import pickle
@@ -92,14 +94,13 @@ def read_safetensors(path: Path) -> StateDict:
 
 def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: PathLike, config: Mapping[str, object]) -> Path:
     """Write ``state_dict`` as ``.safetensors`` (atomically), with the network configuration as metadata."""
-    import json
-
     from safetensors.torch import save_file
 
     from lksmn_arch.atomic import replace_atomically
     path = Path(path)
     tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
     metadata = {'format': 'pt', 'architecture': 'LKSMN', 'lksmn_config': json.dumps(config)}
+
     def write(temp: Path) -> None:
         save_file(tensors, str(temp), metadata=metadata)
         umask = os.umask(0)

@@ -276,7 +276,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'lksmn-demo: replacing {args.out}', flush=True)
         shutil.rmtree(args.out)
     started = time.time()
-    result = run_demo(args.out, args.iters, args.batch)
+    try:
+        result = run_demo(args.out, args.iters, args.batch)
+    except KeyboardInterrupt:
+        print(f'\nlksmn-demo: interrupted; {args.out} is incomplete (a re-run replaces it)', file=sys.stderr)
+        return 130
     timings = result['timings']
     print(f'\nLKSMN x4 demo: {args.iters} iterations; data {timings["data"]:.0f} s, training {timings["train"]:.0f} s, '
           f'test {timings["test"]:.0f} s, total {time.time() - started:.0f} s')

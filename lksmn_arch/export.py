@@ -365,6 +365,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError, RuntimeError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print('\nlksmn-export: interrupted; no partial file was left', file=sys.stderr)
+        return 130
     return 0
 
 

@@ -75,7 +75,7 @@ def find_option_file(opt_path: str) -> str:
     if Path(opt_path).is_file():
         return opt_path
     if os.sep not in opt_path and '/' not in opt_path:
-        shipped = sorted(option_templates_dir().rglob(opt_path))
+        shipped = sorted(p for p in option_templates_dir().rglob('*.yml') if p.name == opt_path)
         if shipped:
             print(f'option file: {opt_path} is not in the current folder; using the template shipped with '
                   f'lksmn_arch: {shipped[0]}', flush=True)

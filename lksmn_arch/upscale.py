@@ -244,9 +244,8 @@ def cached_onnx_export(checkpoint: PathLike, cache_dir: Optional[PathLike] = Non
     import torch
 
     from lksmn_arch.export import VERIFY_TOLERANCE, export_checkpoint
-    from lksmn_arch.version import __version__
-
     from lksmn_arch.pretrained import file_sha256
+    from lksmn_arch.version import __version__
 
     checkpoint = Path(checkpoint)
     digest = hashlib.sha256(file_sha256(checkpoint).encode())

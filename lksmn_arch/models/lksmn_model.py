@@ -212,8 +212,8 @@ def _write_to_log_files(logger: logging.Logger, warnings: List[str]) -> None:
 def _first_mismatch(message: str) -> str:
     """The first useful line of ``load_state_dict``'s error (a size mismatch or the missing keys)."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    for line in lines[1:]:
-        return line.rstrip('.')
+    if len(lines) > 1:  # the first line only says "Error(s) in loading state_dict for LKSMN:"
+        return lines[1].rstrip('.')
     return lines[0] if lines else 'unknown difference'
 
 
