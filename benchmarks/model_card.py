@@ -166,7 +166,8 @@ def training_summary(log: Path, iterations: Optional[int]) -> Dict[str, Any]:
             'wall_hours': ((reached or stamp) - start).total_seconds() / 3600 if start else None}
 
 
-LABELS = {'bicubic': 'MATLAB bicubic', 'shipped': 'LKSMN, shipped model', 'safmn': 'SAFMN, same recipe',
+LABELS = {'bicubic': 'MATLAB bicubic', 'shipped': 'LKSMN, shipped model (EMA weights)',
+          'non_ema': 'LKSMN, same checkpoint, non-EMA weights', 'safmn': 'SAFMN, same recipe (EMA weights)',
           'demo': "LKSMN, the demo's recipe"}
 
 
@@ -222,6 +223,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--shipped', type=Path, default=None, help='the model to card (default: the shipped x4)')
     parser.add_argument('--safmn', type=Path, default=None, help='SAFMN checkpoint trained with the same recipe')
     parser.add_argument('--demo', type=Path, default=None, help="lksmn-demo's checkpoint (the demo's recipe)")
+    parser.add_argument('--non-ema', type=Path, default=None,
+                        help="the shipped model's training checkpoint: its non-EMA weights ('params') get a row too")
     parser.add_argument('--no-precision', action='store_true', help='skip the precision agreement')
     parser.add_argument('--train-log', nargs='+', default=None, metavar='LOG',
                         help="BasicSR train logs of the shipped model's run (and SAFMN's): wall time to --iterations")
@@ -235,6 +238,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     models = {'shipped': Upscaler.from_checkpoint(str(shipped), device='cpu', progress=False)}
     if args.safmn:
         models['safmn'] = Upscaler(load_safmn(args.safmn), scale=SCALE, device='cpu', progress=False)
+    if args.non_ema:
+        from lksmn_arch import LKSMN
+        from lksmn_arch.checkpoint import infer_lksmn_config, read_checkpoint
+        state = read_checkpoint(args.non_ema)['params']
+        network = LKSMN(**infer_lksmn_config(state))
+        network.load_state_dict(state)
+        models['non_ema'] = Upscaler(network, device='cpu', progress=False)
     if args.demo:
         models['demo'] = Upscaler(build_model_from_checkpoint(args.demo)[0], device='cpu', progress=False)
     reference: Dict[str, np.ndarray] = {}
