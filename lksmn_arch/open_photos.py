@@ -24,6 +24,7 @@ Containers are read here without Qt or EFL: Qt's binary resource format (``.rcc`
 ``.deb`` files are read as ar archives with Python's ``tarfile``. Every step resumes, and every file
 appears under its final name complete or not at all.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -36,7 +37,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -174,8 +175,9 @@ def _ar_members(path: Path) -> Dict[str, tuple]:
             handle.seek(size + (size % 2), os.SEEK_CUR)
 
 
-def _deb_tar(path: Path, kind: str) -> tarfile.TarFile:
-    """The ``control.tar.*`` or ``data.tar.*`` of a ``.deb``, opened as a stream."""
+@contextlib.contextmanager
+def _deb_tar(path: Path, kind: str) -> Iterator[tarfile.TarFile]:
+    """The ``control.tar.*`` or ``data.tar.*`` of a ``.deb``, opened as a stream (and the file closed after)."""
     members = _ar_members(path)
     name = next((m for m in members if m.startswith(f'{kind}.tar')), None)
     if name is None:
@@ -184,13 +186,14 @@ def _deb_tar(path: Path, kind: str) -> tarfile.TarFile:
         raise PrepareError(f'{path}: {name} is zstd-compressed; extract it with dpkg-deb and use --debs on a '
                            'folder of re-packed files, or install python zstd support')
     offset, size = members[name]
-    handle = open(path, 'rb')
-    handle.seek(offset)
-    try:
-        return tarfile.open(fileobj=_Bounded(handle, size), mode='r|*')
-    except tarfile.TarError as error:
-        handle.close()
-        raise PrepareError(f'{path}: damaged .deb file ({name}: {error})') from None
+    with open(path, 'rb') as handle:
+        handle.seek(offset)
+        try:
+            archive = tarfile.open(fileobj=_Bounded(handle, size), mode='r|*')
+        except tarfile.TarError as error:
+            raise PrepareError(f'{path}: damaged .deb file ({name}: {error})') from None
+        with archive:
+            yield archive
 
 
 class _Bounded:
@@ -204,9 +207,6 @@ class _Bounded:
         chunk = self.handle.read(n)
         self.left -= len(chunk)
         return chunk
-
-    def close(self) -> None:
-        self.handle.close()
 
 
 def deb_version(path: Path) -> str:
