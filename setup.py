@@ -69,12 +69,12 @@ setup(
     },
     entry_points={
         'console_scripts': [
-            'lksmn-train=lksmn_arch.train:main',
-            'lksmn-test=lksmn_arch.test:main',
-            'lksmn-prepare=lksmn_arch.prepare:main',
-            'lksmn-demo=lksmn_arch.demo:main',
-            'lksmn-upscale=lksmn_arch.upscale:main',
-            'lksmn-export=lksmn_arch.export:main',
+            'lksmn-train=lksmn_arch.cli.train:main',
+            'lksmn-test=lksmn_arch.cli.test:main',
+            'lksmn-prepare=lksmn_arch.cli.prepare:main',
+            'lksmn-demo=lksmn_arch.cli.demo:main',
+            'lksmn-upscale=lksmn_arch.cli.upscale:main',
+            'lksmn-export=lksmn_arch.cli.export:main',
         ],
     },
 )

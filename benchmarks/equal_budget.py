@@ -1,10 +1,10 @@
 """Equal-budget study: train several networks with one recipe through BasicSR, score and time each.
 
-Every network is trained from the same option template (the embedded demo's: ``lksmn_arch.demo.demo_options``),
+Every network is trained from the same option template (the embedded demo's: ``lksmn_arch.training.demo.demo_options``),
 on the same data, with the same seeds, through BasicSR's own train and test pipelines
-(``lksmn_arch.pipeline.run_training`` / ``run_testing``). Each trained network is scored on held-out images
+(``lksmn_arch.training.pipeline.run_training`` / ``run_testing``). Each trained network is scored on held-out images
 (PSNR/SSIM on the Y channel, border = scale, BasicSR's metrics) next to MATLAB bicubic; then, in a separate
-phase after all training, every network is timed on the CPU in fp32 (``lksmn_arch.latency.fastest_latency``:
+phase after all training, every network is timed on the CPU in fp32 (``lksmn_arch.inference.latency.fastest_latency``:
 its fastest inference path, all models interleaved in one process). Parameters and Multi-Adds (1280x720
 output) complete the table.
 
@@ -40,19 +40,20 @@ import numpy as np
 import torch
 import yaml
 from basicsr.metrics import calculate_psnr, calculate_ssim
-from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from lksmn_arch.archs.lksmn_arch import LKSMN, NAMED_CONFIGS, SUPPORTED_SCALES
-from lksmn_arch.atomic import replace_atomically
-from lksmn_arch.checkpoint import load_state_dict
-from lksmn_arch.complexity import count_multi_adds, count_parameters, lr_size_for_output
-from lksmn_arch.dataset_checks import DatasetError, check_dataset_options
-from lksmn_arch.demo import TEST_PHOTOS, TRAIN_PHOTOS, demo_options, write_photos
-from lksmn_arch.latency import RUNTIME_MODULES, runtime_installed
-from lksmn_arch.pipeline import run_testing, run_training
-from lksmn_arch.prepare import PrepareError, SubImageSettings, list_images, prepare_benchmark, prepare_div2k
+from lksmn_arch.utils.atomic import replace_atomically
+from lksmn_arch.utils.checkpoint import load_state_dict
+from lksmn_arch.archs.complexity import count_multi_adds, count_parameters, lr_size_for_output
+from lksmn_arch.data.dataset_checks import DatasetError, check_dataset_options
+from lksmn_arch.data.sample_photos import TEST_PHOTOS, TRAIN_PHOTOS, write_photos
+from lksmn_arch.training.demo import demo_options
+from lksmn_arch.inference.latency import RUNTIME_MODULES, runtime_installed
+from lksmn_arch.training.pipeline import run_testing, run_training
+from lksmn_arch.data.prepare import (PrepareError, SubImageSettings, bicubic_upscale, list_images, prepare_benchmark,
+                                     prepare_div2k)
 
 PROG = 'python benchmarks/equal_budget.py'
 REPO = Path(__file__).resolve().parents[1]
@@ -663,12 +664,6 @@ def captured_output(log_path: Optional[Path]) -> Iterator[None]:
         reset_basicsr_logger()
 
 
-def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
-    """MATLAB-bicubic upscaling of a uint8 image (SR papers' 'Bicubic' row)."""
-    up = imresize(lr.astype(np.float64) / 255.0, scale)
-    return np.clip(np.round(up * 255.0), 0, 255).astype(np.uint8)
-
-
 def _metrics(image: np.ndarray, gt: np.ndarray, scale: int) -> Dict[str, float]:
     return {'psnr': float(calculate_psnr(image, gt, scale, input_order='HWC', test_y_channel=True)),
             'ssim': float(calculate_ssim(image, gt, scale, input_order='HWC', test_y_channel=True))}
@@ -770,7 +765,7 @@ def timing_paths(networks: Sequence[Network]) -> Dict[str, Tuple[str, ...]]:
 def time_networks(networks: Sequence[Network], checkpoints: Dict[str, Optional[Path]], scale: int,
                   threads: Optional[int], rounds: int = 5) -> Dict[str, Dict[str, Any]]:
     """CPU fp32 latency of each network's fastest path, all interleaved in one process (``fastest_latency``)."""
-    from lksmn_arch.latency import fastest_latency
+    from lksmn_arch.inference.latency import fastest_latency
     gc.collect()
     models = {n.name: load_trained(n, scale, checkpoints.get(n.name)) for n in networks}
     height, width = lr_size_for_output(scale)
@@ -982,7 +977,7 @@ networks (--nets):
   Peers (safmn, span) are spandrel's classes registered in BasicSR as SpandrelSAFMN / SpandrelSPAN
   (needs the bench extra: pip install -c constraints-cpu.txt -e ".[bench]").
 
-recipe (the demo's option template, lksmn_arch.demo.demo_options, for every network):
+recipe (the demo's option template, lksmn_arch.training.demo.demo_options, for every network):
   {_wrap(demo_recipe(), 2)},
   schedule over --iters, LR patches {LR_PATCH}x{LR_PATCH} (HR {LR_PATCH}*scale), flips and rotations, model LKSMNModel
   (BasicSR's SRModel with safe checkpoints), BasicSR's manual_seed = the run's seed.
@@ -1005,12 +1000,12 @@ scores: PSNR and SSIM on the Y channel, border = scale (BasicSR's calculate_psnr
   results.json) of the gain over bicubic over the seeds.
 
 timing: a separate phase after ALL training has finished (never while a run trains): every network, with the
-  trained weights of its first seed, in fp32 on the CPU, through lksmn_arch.latency.fastest_latency (its
+  trained weights of its first seed, in fp32 on the CPU, through lksmn_arch.inference.latency.fastest_latency (its
   fastest inference path, median, all models interleaved in one process), for a 1280x720 output. Paths:
   peers channels_last, compile, compile_channels_last, OpenVINO; LKSMN networks channels_last, ONNX Runtime,
   OpenVINO (the runtimes when installed).
   --no-timing skips it; earlier timings in OUT/{TIMING_FILE} of networks with the same options are then shown,
-  marked *. Parameters and Multi-Adds (1280x720 output, lksmn_arch.complexity) are always reported.
+  marked *. Parameters and Multi-Adds (1280x720 output, lksmn_arch.archs.complexity) are always reported.
 
 outputs (in OUT):
   runs/<net>_x<s>_s<seed>/   one BasicSR run: options/, experiments/ (checkpoints, log), results/ (test
@@ -1215,7 +1210,7 @@ def _run_study(args: argparse.Namespace, argv: Sequence[str]) -> int:
         for network in networks:
             finished = [r.checkpoint for r in runs if r.network.name == network.name and r.checkpoint.is_file()]
             checkpoints[network.name] = finished[0] if finished else None
-        print(f'timing: {len(networks)} networks on the CPU, fp32, interleaved (lksmn_arch.latency) ...', flush=True)
+        print(f'timing: {len(networks)} networks on the CPU, fp32, interleaved (lksmn_arch.inference.latency) ...', flush=True)
         try:
             timings = time_networks(networks, checkpoints, scale, args.threads, args.timing_rounds)
         except Exception as error:  # the table is still written, without latencies

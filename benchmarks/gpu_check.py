@@ -12,7 +12,7 @@ every step (``gpu_check.json``, ``gpu_check.md`` in ``--out``):
                  patches 48, EMA 0.999): iterations per second after warm-up, peak CUDA memory, loss finite;
                  then the same in channels_last
   3 resume       SIGTERM at iteration k leaves a state for k; --auto_resume continues at k+1 with it
-  4 launcher     torchrun --nproc_per_node=<GPUs> -m lksmn_arch.train --launcher pytorch (NCCL), a few iterations
+  4 launcher     torchrun --nproc_per_node=<GPUs> -m lksmn_arch.cli.train --launcher pytorch (NCCL), a few iterations
   5 latency      LKSMN (inference form) and SAFMN in fp32, fp16, bf16; eager, channels_last, torch.compile;
                  320x180 and 960x540 -> x4, batch 1 and 8; CUDA-event timing, interleaved, medians, peak
                  memory; a tiled 4K output through Upscaler
@@ -172,8 +172,8 @@ def step_environment(settings: Settings, work: Path) -> Dict[str, Any]:
 
 def make_training_data(work: Path, settings: Settings) -> Dict[str, Path]:
     """x4 sub-images of scikit-image's training photos and the demo's held-out pairs (no download)."""
-    from lksmn_arch.demo import TEST_PHOTOS, TRAIN_PHOTOS, write_photos
-    from lksmn_arch.prepare import SubImageSettings, prepare_benchmark, prepare_div2k
+    from lksmn_arch.data.sample_photos import TEST_PHOTOS, TRAIN_PHOTOS, write_photos
+    from lksmn_arch.data.prepare import SubImageSettings, prepare_benchmark, prepare_div2k
     root = work / 'data'
     if not (root / 'done').is_file():
         photos = TRAIN_PHOTOS[:3] if settings.dry_run else TRAIN_PHOTOS
@@ -267,7 +267,7 @@ def internal_train(opt_path: str, rest: Sequence[str], channels_last: bool) -> i
     from equal_budget import register_peers
 
     from lksmn_arch.models.lksmn_model import LKSMNModel
-    from lksmn_arch.pipeline import cli, run_training
+    from lksmn_arch.training.pipeline import cli, run_training
     register_peers()
     if channels_last:
         original_init, original_feed = LKSMNModel.__init__, LKSMNModel.feed_data
@@ -378,12 +378,12 @@ def _networks() -> Dict[str, torch.nn.Module]:
     from spandrel.architectures.SAFMN import SAFMN
 
     from lksmn_arch import LKSMN
-    from lksmn_arch.pretrained import shipped_models
+    from lksmn_arch.weights.shipped import shipped_models
     torch.manual_seed(0)
     lksmn = LKSMN(upscale=SCALE)
     if any(m.scale == SCALE for m in shipped_models()):
-        from lksmn_arch.checkpoint import build_model_from_checkpoint
-        from lksmn_arch.pretrained import default_model
+        from lksmn_arch.utils.checkpoint import build_model_from_checkpoint
+        from lksmn_arch.weights.shipped import default_model
         lksmn = build_model_from_checkpoint(default_model(SCALE).path)[0]
     return {'LKSMN': lksmn.eval(), 'SAFMN': SAFMN(dim=36, n_blocks=8, ffn_scale=2.0, upscaling_factor=SCALE).eval()}
 
@@ -392,7 +392,7 @@ _DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
 def _forward(model: torch.nn.Module, precision: str, layout: str, device: str) -> Callable:
-    from lksmn_arch.latency import compile_for_inference, inference_form
+    from lksmn_arch.inference.latency import compile_for_inference, inference_form
     dtype = _DTYPES[precision]
     memory_format = torch.channels_last if layout != 'eager' else torch.contiguous_format
     net = inference_form(model).to(device=device, dtype=dtype, memory_format=memory_format)
@@ -477,7 +477,7 @@ def _row(key, height, width, batch, ms=None, peak=None, note=''):
 
 
 def _tiled_row(model, settings: Settings) -> Dict[str, Any]:
-    from lksmn_arch.inference import Upscaler
+    from lksmn_arch.inference.upscaler import Upscaler
     height, width = settings.tile_input
     precision = 'fp16' if settings.device == 'cuda' else 'fp32'
     upscaler = Upscaler(model, tile=settings.tile, tile_pad=16, device=settings.device, precision=precision,
@@ -502,7 +502,7 @@ def _one_line(error: BaseException) -> str:
 def step_precision(settings: Settings, work: Path) -> List[Dict[str, Any]]:
     from basicsr.metrics import calculate_psnr
 
-    from lksmn_arch.inference import Upscaler
+    from lksmn_arch.inference.upscaler import Upscaler
     data = make_training_data(work, settings)
     model = _networks()['LKSMN']
     runs = {p: Upscaler(model, device=settings.device, precision=p, progress=False) for p in settings.precisions}
@@ -539,7 +539,7 @@ def step_cli(settings: Settings, work: Path) -> Dict[str, Any]:
     outputs = {}
     for run_precision in ('fp32', precision):
         out = work / f'cli_{run_precision}'
-        command = [sys.executable, '-m', 'lksmn_arch.upscale', '-i', str(data['test_lq']), '-o', str(out),
+        command = [sys.executable, '-m', 'lksmn_arch.cli.upscale', '-i', str(data['test_lq']), '-o', str(out),
                    '-m', str(checkpoint),
                    '--device', settings.device, '--precision', run_precision, '--quiet', '--overwrite',
                    '--backend', 'torch']

@@ -32,11 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lksmn_arch  # noqa: E402,F401  (compatibility fixes before basicsr)
 from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
 
-from lksmn_arch.atomic import replace_atomically  # noqa: E402
-from lksmn_arch.checkpoint import build_model_from_checkpoint, load_state_dict  # noqa: E402
-from lksmn_arch.demo import bicubic_upscale, upscale_bgr  # noqa: E402
-from lksmn_arch.inference import Upscaler  # noqa: E402
-from lksmn_arch.pretrained import default_model  # noqa: E402
+from lksmn_arch.utils.atomic import replace_atomically  # noqa: E402
+from lksmn_arch.utils.checkpoint import build_model_from_checkpoint, load_state_dict  # noqa: E402
+from lksmn_arch.data.prepare import bicubic_upscale  # noqa: E402
+from lksmn_arch.training.demo import upscale_bgr  # noqa: E402
+from lksmn_arch.inference.upscaler import Upscaler  # noqa: E402
+from lksmn_arch.weights.shipped import default_model  # noqa: E402
 
 SCALE = 4
 TEST_SETS = (('openphotos_test', 'open photos, held out'), ('demo_heldout', "the demo's held-out photos"))
@@ -72,7 +73,7 @@ def evaluate(models: Dict[str, Upscaler], data: Path, keep: Optional[Dict[str, n
         per_image: Dict[str, Dict[str, dict]] = {}
         for gt_path, lr_path in tqdm(pairs(data / folder), desc=folder, unit='img'):
             gt, lr = cv2.imread(str(gt_path)), cv2.imread(str(lr_path))
-            row = {'bicubic': scores(bicubic_upscale(lr), gt)}
+            row = {'bicubic': scores(bicubic_upscale(lr, SCALE), gt)}
             for name, upscaler in models.items():
                 if name == 'shipped' and keep is not None and folder == TEST_SETS[0][0]:
                     keep[gt_path.stem] = upscaler.upscale_image(lr[..., ::-1].astype(np.float32) / 255.0)
@@ -94,7 +95,7 @@ def _to_bgr_uint8(rgb: np.ndarray) -> np.ndarray:
 def precision_agreement(checkpoint: Path, data: Path, reference: Dict[str, np.ndarray]) -> Dict[str, dict]:
     """The shipped model's other paths (PyTorch bf16, spandrel's model in fp16 and bf16, OpenVINO fp32 and bf16)
     against its PyTorch fp32 outputs (``reference``, by image) on the first test set."""
-    from lksmn_arch.latency import runtime_installed
+    from lksmn_arch.inference.latency import runtime_installed
     paths: Dict[str, Any] = {'torch bf16': Upscaler.from_checkpoint(str(checkpoint), device='cpu',
                                                                     precision='bf16', progress=False)}
     if importlib.util.find_spec('spandrel') is not None:  # what spandrel-based tools run (supports_half/bfloat16)
@@ -106,7 +107,7 @@ def precision_agreement(checkpoint: Path, data: Path, reference: Dict[str, np.nd
             descriptor.model.to(dtype)
             paths[name] = (descriptor, dtype)
     if runtime_installed('openvino'):
-        from lksmn_arch.upscale import build_upscaler
+        from lksmn_arch.inference.files import build_upscaler
         for precision in ('fp32', 'bf16'):
             paths[f'OpenVINO {precision}'] = build_upscaler(checkpoint, backend='openvino', device='cpu',
                                                             precision=precision, progress=False)
@@ -133,7 +134,7 @@ def precision_agreement(checkpoint: Path, data: Path, reference: Dict[str, np.nd
 
 def data_summary() -> List[Dict[str, Any]]:
     """Photos per source and split, with their licences, from the manifest."""
-    from lksmn_arch.open_photos import load_manifest
+    from lksmn_arch.data.open_photos import load_manifest
     rows: Dict[str, Dict[str, Any]] = {}
     for photo in load_manifest():
         row = rows.setdefault(photo.package, {'package': f'{photo.package} {photo.version}', 'train': 0, 'test': 0,
@@ -240,7 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         models['safmn'] = Upscaler(load_safmn(args.safmn), scale=SCALE, device='cpu', progress=False)
     if args.non_ema:
         from lksmn_arch import LKSMN
-        from lksmn_arch.checkpoint import infer_lksmn_config, read_checkpoint
+        from lksmn_arch.utils.checkpoint import infer_lksmn_config, read_checkpoint
         state = read_checkpoint(args.non_ema)['params']
         network = LKSMN(**infer_lksmn_config(state))
         network.load_state_dict(state)

@@ -19,12 +19,12 @@ import lksmn_arch  # noqa: F401  (compat fixes before basicsr)
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils.matlab_functions import imresize
 
-from lksmn_arch.checkpoint import build_model_from_checkpoint
-from lksmn_arch.complexity import resolve_device
-from lksmn_arch.demo import TEST_PHOTOS, _photo
-from lksmn_arch.inference import Upscaler
-from lksmn_arch.latency import runtime_installed
-from lksmn_arch.upscale import build_upscaler
+from lksmn_arch.utils.checkpoint import build_model_from_checkpoint
+from lksmn_arch.archs.complexity import resolve_device
+from lksmn_arch.data.sample_photos import TEST_PHOTOS, _photo
+from lksmn_arch.inference.upscaler import Upscaler
+from lksmn_arch.inference.latency import runtime_installed
+from lksmn_arch.inference.files import build_upscaler
 
 
 def held_out_pairs(scale: int) -> Dict[str, Dict[str, np.ndarray]]:

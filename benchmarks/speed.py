@@ -2,7 +2,7 @@
 
 Not a test: a measurement to run on a quiet machine. Phases, each free of the others' instrumentation:
 
-1. **Latency.** Every network on every path it supports (``lksmn_arch.latency``: eager NCHW, channels_last,
+1. **Latency.** Every network on every path it supports (``lksmn_arch.inference.latency``: eager NCHW, channels_last,
    ``torch.compile`` with freezing in NCHW and channels_last, ONNX Runtime, and bf16), all timed in
    round-robin rounds in this one process under the default allocator: median of ``--rounds`` calls after
    ``--warmup`` rounds. LKSMN runs in its inference form (``fuse_for_inference``), as ``lksmn-upscale``
@@ -39,9 +39,9 @@ from torch import nn
 
 import lksmn_arch  # noqa: F401  (compat fixes before basicsr)
 from lksmn_arch.archs.lksmn_arch import LKSMN
-from lksmn_arch.complexity import count_multi_adds, count_parameters, peak_forward_memory, resolve_device
-from lksmn_arch.inference import Upscaler
-from lksmn_arch.latency import (ALL_PATHS, FP32_PATHS, GLIBC_MMAP_THRESHOLD_CEILING, OPENVINO_PATHS, inference_form,
+from lksmn_arch.archs.complexity import count_multi_adds, count_parameters, peak_forward_memory, resolve_device
+from lksmn_arch.inference.upscaler import Upscaler
+from lksmn_arch.inference.latency import (ALL_PATHS, FP32_PATHS, GLIBC_MMAP_THRESHOLD_CEILING, OPENVINO_PATHS, inference_form,
                                 make_forward, median, runtime_installed, time_interleaved)
 
 SCALE = 4

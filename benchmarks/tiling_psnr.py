@@ -19,8 +19,8 @@ import torch
 
 import lksmn_arch  # noqa: F401  (compat fixes before basicsr)
 from lksmn_arch.archs.lksmn_arch import LKSMN
-from lksmn_arch.checkpoint import build_model_from_checkpoint
-from lksmn_arch.inference import Upscaler, psnr
+from lksmn_arch.utils.checkpoint import build_model_from_checkpoint
+from lksmn_arch.inference.upscaler import Upscaler, psnr
 
 PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket')
 

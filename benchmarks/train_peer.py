@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from equal_budget import register_peers  # noqa: E402
 
-from lksmn_arch.pipeline import cli, run_training  # noqa: E402
+from lksmn_arch.training.pipeline import cli, run_training  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -19,7 +19,7 @@ Precision flags, as measured (``benchmarks/model_card.py``, docs/models.md): bf1
 from typing import Any, Dict
 
 from lksmn_arch.archs.lksmn_arch import LKSMN
-from lksmn_arch.checkpoint import REQUIRED_KEYS, infer_lksmn_config
+from lksmn_arch.utils.checkpoint import REQUIRED_KEYS, infer_lksmn_config
 
 ARCH_ID = 'LKSMN'
 SUPPORTS_HALF = True  # measured: docs/models.md, "precision"

@@ -5,4 +5,4 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/setup_env.sh"
-exec "${LKSMN_VENV:-$root/.venv}/bin/python" -m lksmn_arch.demo "$@"
+exec "${LKSMN_VENV:-$root/.venv}/bin/python" -m lksmn_arch.cli.demo "$@"

@@ -20,9 +20,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lksmn_arch.atomic import atomic_save, replace_atomically  # noqa: E402
-from lksmn_arch.checkpoint import infer_lksmn_config, load_state_dict, save_safetensors  # noqa: E402
-from lksmn_arch.pretrained import INDEX, WEIGHTS_DIR, file_sha256  # noqa: E402
+from lksmn_arch.utils.atomic import atomic_save, replace_atomically  # noqa: E402
+from lksmn_arch.utils.checkpoint import infer_lksmn_config, load_state_dict, save_safetensors  # noqa: E402
+from lksmn_arch.weights.shipped import INDEX, WEIGHTS_DIR, file_sha256  # noqa: E402
 
 
 def ship(checkpoint: Path, name: str, iterations: int, data: str, recipe: str, hardware: str, notes: str = '') -> dict:

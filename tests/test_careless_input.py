@@ -14,10 +14,13 @@ import torch
 from PIL import Image
 
 import lksmn_arch  # noqa: F401
-from lksmn_arch import export, upscale
+from lksmn_arch.cli import export as export_cli
+from lksmn_arch.cli import upscale as upscale_cli
+from lksmn_arch.inference import export
+from lksmn_arch.inference import files as upscale
 from lksmn_arch.archs.lksmn_arch import LKSMN
-from lksmn_arch.checkpoint import CheckpointError, UnsafeCheckpointError, build_model_from_checkpoint
-from lksmn_arch.pipeline import OptionsError, _prepare
+from lksmn_arch.utils.checkpoint import CheckpointError, UnsafeCheckpointError, build_model_from_checkpoint
+from lksmn_arch.training.pipeline import OptionsError, _prepare
 
 from conftest import paired_dataset_options, run_module, training_options, write_yaml
 
@@ -51,7 +54,7 @@ def _one_line(err: str) -> bool:
 
 def test_export_refuses_to_write_over_its_input_checkpoint(checkpoint, capsys):
     before = checkpoint.read_bytes()
-    assert export.main(['-m', str(checkpoint), '--onnx', str(checkpoint)]) == 2
+    assert export_cli.main(['-m', str(checkpoint), '--onnx', str(checkpoint)]) == 2
     err = capsys.readouterr().err
     assert _one_line(err) and 'is the input checkpoint' in err
     assert checkpoint.read_bytes() == before
@@ -60,9 +63,9 @@ def test_export_refuses_to_write_over_its_input_checkpoint(checkpoint, capsys):
 def test_export_refuses_an_existing_output_unless_overwrite(checkpoint, tmp_path, capsys):
     target = tmp_path / 'weights.safetensors'
     target.write_text('precious')
-    assert export.main(['-m', str(checkpoint), '--safetensors', str(target)]) == 2
+    assert export_cli.main(['-m', str(checkpoint), '--safetensors', str(target)]) == 2
     assert _one_line(capsys.readouterr().err) and target.read_text() == 'precious'
-    assert export.main(['-m', str(checkpoint), '--safetensors', str(target), '--overwrite']) == 0
+    assert export_cli.main(['-m', str(checkpoint), '--safetensors', str(target), '--overwrite']) == 0
     assert build_model_from_checkpoint(target)[1]['upscale'] == SCALE
 
 
@@ -70,17 +73,17 @@ def test_upscale_skips_existing_outputs_unless_overwrite(checkpoint, photos, tmp
     out = tmp_path / 'out'
     out.mkdir()
     (out / 'a_x2.png').write_text('not mine')
-    assert upscale.main(['-i', str(photos), '-o', str(out), '-m', str(checkpoint), '--backend', 'torch', '--quiet']) == 0
+    assert upscale_cli.main(['-i', str(photos), '-o', str(out), '-m', str(checkpoint), '--backend', 'torch', '--quiet']) == 0
     assert (out / 'a_x2.png').read_text() == 'not mine' and (out / 'b_x2.png').is_file()
     assert '1 image(s) skipped' in capsys.readouterr().out
-    assert upscale.main(['-i', str(photos), '-o', str(out), '-m', str(checkpoint), '--backend', 'torch', '--quiet',
+    assert upscale_cli.main(['-i', str(photos), '-o', str(out), '-m', str(checkpoint), '--backend', 'torch', '--quiet',
                          '--overwrite']) == 0
     assert cv2.imread(str(out / 'a_x2.png')).shape == (16, 20, 3)
 
 
 def test_upscale_into_its_input_folder_does_not_upscale_its_own_outputs_again(checkpoint, photos):
     args = ['-i', str(photos), '-o', str(photos), '-m', str(checkpoint), '--backend', 'torch', '--quiet']
-    assert upscale.main(args) == 0
+    assert upscale_cli.main(args) == 0
     report = upscale.upscale_paths(photos, photos, checkpoint, backend='torch', progress=False)
     assert report.written == [] and not list(photos.glob('*_x2_x2*'))
     assert sorted(p.name for p, _ in report.skipped) == ['a.png', 'a_x2.png', 'b.png', 'b_x2.png']
@@ -104,14 +107,14 @@ def test_a_dataset_folder_named_by_a_path_like_name_is_left_alone(tiny_pairs, tm
     work.mkdir()
     opt = training_options('../data', paired_dataset_options('t', tiny_pairs['train_gt'], tiny_pairs['train_lq'],
                                                                'train'), None)
-    result = run_module('lksmn_arch.train', '-opt', str(write_yaml(work / 'o.yml', opt)), cwd=work)
+    result = run_module('lksmn_arch.cli.train', '-opt', str(write_yaml(work / 'o.yml', opt)), cwd=work)
     assert result.returncode == 2 and _one_line(result.stderr) and 'plain name' in result.stderr
     assert (data / 'keep.txt').read_text() == 'user data' and not (work / 'experiments').exists()
 
 
 @pytest.mark.parametrize('suffix', ['/x', '../up', 'a/b'])
 def test_upscale_suffix_cannot_carry_a_path(checkpoint, photos, tmp_path, suffix, capsys):
-    assert upscale.main(['-i', str(photos), '-o', str(tmp_path / 'out'), '-m', str(checkpoint), '--suffix', suffix,
+    assert upscale_cli.main(['-i', str(photos), '-o', str(tmp_path / 'out'), '-m', str(checkpoint), '--suffix', suffix,
                          '--backend', 'torch', '--quiet']) == 2
     assert 'no path separators' in capsys.readouterr().err
     assert not (tmp_path / 'up').exists()
@@ -127,7 +130,7 @@ def test_non_finite_weights_are_refused_naming_the_tensor(checkpoint, photos, tm
     torch.save({'params': state}, bad)
     with pytest.raises(CheckpointError, match=r'tensor \S+ holds 1 NaN or inf'):
         build_model_from_checkpoint(bad)
-    assert upscale.main(['-i', str(photos), '-o', str(tmp_path / 'out'), '-m', str(bad), '--backend', 'torch',
+    assert upscale_cli.main(['-i', str(photos), '-o', str(tmp_path / 'out'), '-m', str(bad), '--backend', 'torch',
                          '--quiet']) == 2
     assert 'NaN or inf' in capsys.readouterr().err and not (tmp_path / 'out').exists()
 
@@ -157,7 +160,7 @@ def test_a_damaged_cached_export_is_made_again(checkpoint, tmp_path):
 @pytest.mark.parametrize('opset', [5, 17, 99])
 def test_export_refuses_an_opset_it_cannot_write_and_leaves_nothing(checkpoint, tmp_path, opset, capsys):
     target = tmp_path / 'm.onnx'
-    assert export.main(['-m', str(checkpoint), '--onnx', str(target), '--opset', str(opset)]) == 2
+    assert export_cli.main(['-m', str(checkpoint), '--onnx', str(target), '--opset', str(opset)]) == 2
     err = capsys.readouterr().err
     assert _one_line(err) and f'--opset {opset}' in err
     assert not target.exists() and not list(tmp_path.iterdir())
@@ -184,7 +187,7 @@ def test_pretrained_weights_of_another_network_are_one_line(tiny_pairs, tmp_path
     opt = training_options('other', paired_dataset_options('t', tiny_pairs['train_gt'], tiny_pairs['train_lq'],
                                                              'train'), None, total_iter=1)
     opt['path']['pretrain_network_g'] = str(other)
-    result = run_module('lksmn_arch.train', '-opt', str(write_yaml(tmp_path / 'o.yml', opt)), cwd=tmp_path)
+    result = run_module('lksmn_arch.cli.train', '-opt', str(write_yaml(tmp_path / 'o.yml', opt)), cwd=tmp_path)
     assert result.returncode == 1 and 'Traceback' not in result.stderr
     assert 'does not fit network_g (LKSMN)' in result.stderr.splitlines()[-1]
 
@@ -200,7 +203,7 @@ def test_ctrl_c_in_upscale_is_one_line_and_status_130(checkpoint, photos, tmp_pa
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(upscale.Upscaler, 'upscale_image', interrupted)
-    assert upscale.main(['-i', str(photos), '-o', str(tmp_path / 'out'), '-m', str(checkpoint), '--backend', 'torch',
+    assert upscale_cli.main(['-i', str(photos), '-o', str(tmp_path / 'out'), '-m', str(checkpoint), '--backend', 'torch',
                          '--quiet']) == 130
     assert _one_line(capsys.readouterr().err)
     assert [p for p in (tmp_path / 'out').iterdir()] == []
@@ -213,7 +216,7 @@ def test_read_only_output_stops_at_the_first_image_with_one_message(checkpoint, 
         calls.append(path)
         raise OSError(errno.EROFS, 'Read-only file system')
     monkeypatch.setattr(upscale, 'write_image_atomic', read_only)
-    assert upscale.main(['-i', str(photos), '-o', str(tmp_path / 'out'), '-m', str(checkpoint), '--backend', 'torch',
+    assert upscale_cli.main(['-i', str(photos), '-o', str(tmp_path / 'out'), '-m', str(checkpoint), '--backend', 'torch',
                          '--quiet']) == 2
     err = capsys.readouterr().err
     assert len(calls) == 1 and _one_line(err) and 'stopped after 0 image(s)' in err
@@ -246,7 +249,7 @@ def test_a_huge_image_is_refused_from_its_header_before_decoding(checkpoint, tmp
     huge = _png_header_only(tmp_path / 'huge.png', 20000, 20000)
     decoded = []
     monkeypatch.setattr(upscale, 'read_image', lambda path: decoded.append(path))
-    assert upscale.main(['-i', str(huge), '-o', str(tmp_path / 'out'), '-m', str(checkpoint), '--backend', 'torch',
+    assert upscale_cli.main(['-i', str(huge), '-o', str(tmp_path / 'out'), '-m', str(checkpoint), '--backend', 'torch',
                          '--quiet']) == 1
     err = capsys.readouterr().err
     assert '20000x20000 = 400 MP is over the limit' in err and '--max-pixels' in err and decoded == []
@@ -256,7 +259,7 @@ def test_an_animated_image_is_refused_naming_its_frames(checkpoint, tmp_path, ca
     frames = [Image.new('RGB', (8, 8), (i * 80, 0, 0)) for i in range(3)]
     animated = tmp_path / 'anim.webp'
     frames[0].save(animated, save_all=True, append_images=frames[1:], duration=100, lossless=True)
-    assert upscale.main(['-i', str(animated), '-o', str(tmp_path / 'out'), '-m', str(checkpoint), '--backend',
+    assert upscale_cli.main(['-i', str(animated), '-o', str(tmp_path / 'out'), '-m', str(checkpoint), '--backend',
                          'torch', '--quiet']) == 1
     assert 'it has 3 frames' in capsys.readouterr().err
 

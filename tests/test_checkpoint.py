@@ -4,7 +4,7 @@ import torch
 
 import lksmn_arch  # noqa: F401  (compat fixes, registry)
 from lksmn_arch.archs.lksmn_arch import LKSMN, NAMED_CONFIGS
-from lksmn_arch.checkpoint import (CheckpointError, build_model_from_checkpoint, infer_lksmn_config,
+from lksmn_arch.utils.checkpoint import (CheckpointError, build_model_from_checkpoint, infer_lksmn_config,
                                    load_state_dict)
 
 SMALL = dict(num_feat=24, num_block=2)

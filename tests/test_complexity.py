@@ -3,9 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from lksmn_arch import complexity
-
-
+from lksmn_arch.archs import complexity
 def test_multi_adds_of_a_convolution_match_the_textbook_formula():
     conv = nn.Conv2d(3, 8, 3, padding=1)
     assert complexity.count_multi_adds(conv, (1, 3, 10, 12)) == 3 * 8 * 9 * 10 * 12

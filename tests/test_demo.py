@@ -1,11 +1,13 @@
 """The embedded demo runs end to end (data from scikit-image's photos, BasicSR training and testing)."""
 import re
 
-from lksmn_arch import demo
-
+from lksmn_arch.cli import demo as demo_cli
+from lksmn_arch.data import sample_photos
+from lksmn_arch.data.prepare import bicubic_upscale
+from lksmn_arch.training import demo
 
 def test_demo_trains_tests_and_scores_lksmn_against_bicubic(tmp_path, capsys):
-    assert demo.main(['--out', str(tmp_path / 'demo'), '--iters', '2', '--batch', '2']) == 0
+    assert demo_cli.main(['--out', str(tmp_path / 'demo'), '--iters', '2', '--batch', '2']) == 0
     out = capsys.readouterr().out
     assert '| image | Bicubic PSNR / SSIM | LKSMN (this demo) PSNR / SSIM | LKSMN shipped model PSNR / SSIM |' in out
     rows = re.findall(r'^\| (astronaut|chelsea|coffee) \| ([0-9.]+) / ([0-9.]+) \| ([0-9.]+) / ([0-9.]+) '
@@ -21,10 +23,10 @@ def test_demo_trains_tests_and_scores_lksmn_against_bicubic(tmp_path, capsys):
 
 def test_demo_rerun_replaces_its_own_previous_output(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(demo, 'run_demo', lambda out, iters, batch: calls.append(out) or _fake_result(out))
+    monkeypatch.setattr(demo_cli, 'run_demo', lambda out, iters, batch: calls.append(out) or _fake_result(out))
     (tmp_path / demo.MARKER).write_text('')
     (tmp_path / 'old.txt').write_text('old demo file')
-    assert demo.main(['--out', str(tmp_path)]) == 0
+    assert demo_cli.main(['--out', str(tmp_path)]) == 0
     assert calls == [tmp_path] and not (tmp_path / 'old.txt').exists()
 
 
@@ -35,17 +37,17 @@ def _fake_result(out):
 
 def test_demo_refuses_a_non_empty_output_folder(tmp_path, capsys):
     (tmp_path / 'keep.txt').write_text('user data')
-    assert demo.main(['--out', str(tmp_path)]) == 2
+    assert demo_cli.main(['--out', str(tmp_path)]) == 2
     assert 'is not empty' in capsys.readouterr().err
     assert (tmp_path / 'keep.txt').read_text() == 'user data'
 
 
 def test_held_out_photos_are_not_in_the_training_set():
-    assert not set(demo.TEST_PHOTOS) & set(demo.TRAIN_PHOTOS)
+    assert not set(sample_photos.TEST_PHOTOS) & set(sample_photos.TRAIN_PHOTOS)
 
 
 def test_bicubic_baseline_keeps_the_size_and_range():
     import numpy as np
     lr = (np.random.default_rng(0).random((10, 7, 3)) * 255).astype(np.uint8)
-    up = demo.bicubic_upscale(lr)
+    up = bicubic_upscale(lr, 4)
     assert up.shape == (40, 28, 3) and up.dtype == np.uint8

@@ -17,7 +17,7 @@ from basicsr.archs import build_network
 from basicsr.utils.matlab_functions import imresize
 
 from lksmn_arch.archs.lksmn_arch import LKSMN, NAMED_CONFIGS
-from lksmn_arch.complexity import count_parameters
+from lksmn_arch.archs.complexity import count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'benchmarks' / 'equal_budget.py'
@@ -254,7 +254,7 @@ def test_tiny_study_end_to_end_then_reused(tmp_path, capsys, monkeypatch, one_th
         assert all(not m.training and next(m.parameters()).dtype == torch.float32 for m in models.values())
         return {name: ('eager' if name == 'tiny' else 'channels_last', 0.01 * (i + 1)) for i, name in enumerate(models)}
 
-    monkeypatch.setitem(sys.modules, 'lksmn_arch.latency', types.SimpleNamespace(fastest_latency=fastest_latency))
+    monkeypatch.setitem(sys.modules, 'lksmn_arch.inference.latency', types.SimpleNamespace(fastest_latency=fastest_latency))
     assert eb.main(_tiny_args(tiny_hr, out, '--nets', TINY, second, '--timing-rounds', '3')) == 0
     printed = capsys.readouterr().out
     assert '[1/2] tiny seed 0: training 20 iters ...' in printed and f'[2/2] {second_name} seed 0: training' in printed
@@ -311,7 +311,7 @@ def test_tiny_study_end_to_end_then_reused(tmp_path, capsys, monkeypatch, one_th
 def test_every_study_network_round_trips_through_a_checkpoint_with_its_parameter_count(tmp_path, name):
     """Each LKSMN entry of the study: shapes, parameters (as the table reports them) and a checkpoint that
     lksmn-upscale / lksmn-export rebuild into the same network from tensor shapes alone."""
-    from lksmn_arch.checkpoint import build_model_from_checkpoint
+    from lksmn_arch.utils.checkpoint import build_model_from_checkpoint
     network = eb.parse_network(name)
     torch.manual_seed(0)
     model = build_network({'type': 'LKSMN', 'upscale': 4, **network.kwargs}).eval()

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 import lksmn_arch  # noqa: F401
-from lksmn_arch import export
+from lksmn_arch.cli import export as export_cli
+from lksmn_arch.inference import export
 from lksmn_arch.archs.lksmn_arch import LKSMN
-from lksmn_arch.export import OnnxModel, OpenVinoModel, create_session
-from lksmn_arch.upscale import onnx_cache_dir, resolve_backend, upscale_paths
+from lksmn_arch.inference.export import OnnxModel, OpenVinoModel, create_session
+from lksmn_arch.inference.files import onnx_cache_dir, resolve_backend, upscale_paths
 
 SCALE = 3  # odd, so that a wrong output size cannot come out right by accident
 
@@ -27,7 +28,7 @@ def exported(tmp_path_factory):
     checkpoint = folder / 'lksmn_x3.pth'
     torch.save({'params': model.state_dict()}, checkpoint)
     onnx_path = folder / 'models' / 'lksmn_x3.onnx'
-    assert export.main(['-m', str(checkpoint), '--onnx', str(onnx_path)]) == 0
+    assert export_cli.main(['-m', str(checkpoint), '--onnx', str(onnx_path)]) == 0
     return checkpoint, onnx_path, model
 
 
@@ -91,14 +92,14 @@ def test_a_checkpoint_given_as_onnx_model_is_refused_naming_it(exported):
 
 def test_export_cli_reports_a_bad_checkpoint_with_status_2(tmp_path, capsys):
     (tmp_path / 'bad.pth').write_bytes(b'garbage')
-    assert export.main(['-m', str(tmp_path / 'bad.pth'), '--onnx', str(tmp_path / 'x.onnx')]) == 2
+    assert export_cli.main(['-m', str(tmp_path / 'bad.pth'), '--onnx', str(tmp_path / 'x.onnx')]) == 2
     assert 'bad.pth' in capsys.readouterr().err
     assert not (tmp_path / 'x.onnx').exists()
 
 
 def test_export_help_lists_its_options(capsys):
     with pytest.raises(SystemExit) as info:
-        export.main(['--help'])
+        export_cli.main(['--help'])
     assert info.value.code == 0
     text = capsys.readouterr().out
     assert all(flag in text for flag in ('--model', '--onnx', '--opset', '--no-verify'))
@@ -199,6 +200,6 @@ def test_openvino_outputs_are_the_callers_own_tensors_not_views_of_a_reused_buff
 
 
 def test_upscaler_refuses_a_precision_the_runtime_does_not_run(exported):
-    from lksmn_arch.inference import Upscaler
+    from lksmn_arch.inference.upscaler import Upscaler
     with pytest.raises(ValueError, match='runs in bf16'):
         Upscaler(OpenVinoModel(exported[1], precision='bf16'), precision='fp32')

@@ -3,7 +3,7 @@ non-finite losses and failing writes. Each run is ``lksmn-train`` in a subproces
 
 Faults the plugin cannot cause by itself (a save stalled half-way, a failing disk, a NaN loss) are injected by
 a driver script written by this file, which patches ``torch.save`` / registers a loss before calling
-``lksmn_arch.train.main``; the plugin has no test hooks.
+``lksmn_arch.cli.train.main``; the plugin has no test hooks.
 
 Nothing here depends on timing, so that the tests pass on a loaded machine: a test waits for what it can
 observe (a log line, a file, a temporary file of a save that the driver holds half-written until the test
@@ -113,7 +113,7 @@ class OtherSRModel(SRModel):
 
 
 from lksmn_arch.models.lksmn_model import LKSMNModel  # noqa: E402
-from lksmn_arch.train import main  # noqa: E402
+from lksmn_arch.cli.train import main  # noqa: E402
 
 save_and_stop = LKSMNModel._save_and_stop
 
@@ -549,7 +549,7 @@ def _relabel_state(path: Path) -> None:
 ], ids=['truncated state', 'truncated weights', 'missing weights', 'nan weights', 'pickled state',
         'state of another iteration'])
 def test_auto_resume_skips_a_newest_checkpoint_that_is_damaged_in_any_way(finished_run, tmp_path, damage, target):
-    from lksmn_arch import resume
+    from lksmn_arch.training import resume
     workdir = _copy_run(finished_run, tmp_path)
     damage(_experiment(workdir) / target)
     opt = _resume_options(workdir)
@@ -595,7 +595,7 @@ def test_lksmn_test_refuses_pickled_weights_named_by_an_srmodel_option_file(fini
            'path': {'pretrain_network_g': str(pretrained), 'param_key_g': 'params', 'strict_load_g': True},
            'val': {'save_img': False, 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 2}}}}
     write_yaml(tmp_path / 'test.yml', opt)
-    result = run_module('lksmn_arch.test', '-opt', 'test.yml', cwd=tmp_path, timeout=600)
+    result = run_module('lksmn_arch.cli.test', '-opt', 'test.yml', cwd=tmp_path, timeout=600)
     assert result.returncode == 1, result.stderr[-3000:]
     assert f'lksmn-test: error: refusing checkpoint {pretrained}: torch.load(weights_only=True) refused it' \
         in result.stderr
@@ -689,7 +689,7 @@ def test_full_disk_at_a_save_stops_with_an_error_and_keeps_the_previous_checkpoi
     assert 'Traceback' not in result.stderr
     assert _complete_checkpoints(tmp_path) == [2]
     assert not _temporaries(models) and not _temporaries(_experiment(tmp_path) / 'training_states')
-    from lksmn_arch import resume
+    from lksmn_arch.training import resume
     assert resume.load_resume_state(_resume_options(tmp_path))['iter'] == 2
 
 
@@ -708,10 +708,10 @@ def _worker_pids(launcher_pid: int) -> Dict[int, int]:
 
 
 def _torchrun(workdir: Path, output, *args: str) -> subprocess.Popen:
-    """``torchrun --nproc_per_node=2 -m lksmn_arch.train -opt train.yml --launcher pytorch args``."""
+    """``torchrun --nproc_per_node=2 -m lksmn_arch.cli.train -opt train.yml --launcher pytorch args``."""
     process = subprocess.Popen(
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}', '-m',
-         'lksmn_arch.train', '-opt', 'train.yml', '--launcher', 'pytorch', *args],
+         'lksmn_arch.cli.train', '-opt', 'train.yml', '--launcher', 'pytorch', *args],
         cwd=workdir, env=ENV, stdout=output, stderr=subprocess.STDOUT, text=True)
     _started.append(process)
     return process

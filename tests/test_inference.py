@@ -9,7 +9,7 @@ from torch import nn
 
 import lksmn_arch  # noqa: F401
 from lksmn_arch.archs.lksmn_arch import LKSMN
-from lksmn_arch.inference import Upscaler, _dihedral, _dihedral_inverse, psnr
+from lksmn_arch.inference.upscaler import Upscaler, _dihedral, _dihedral_inverse, psnr
 
 # Measured with this file's model and photo (seed 0, x2, 40x48 astronaut): tile 16 / pad 8 gives 64.2 dB against
 # whole-image output, tile 16 / pad 0 gives 30.0 dB (seeds 0-2, x2 and x3: 58.6-64.2 dB and 25.9-30.2 dB).

@@ -15,10 +15,11 @@ import cv2
 import numpy as np
 import pytest
 
-from lksmn_arch import open_photos
-from lksmn_arch.open_photos import (Photo, deb_version, load_manifest, prepare_open_photos, read_deb_files, read_eet,
+from lksmn_arch.data import open_photos
+from lksmn_arch.data.open_photos import (Photo, deb_version, load_manifest, prepare_open_photos, read_deb_files, read_eet,
                                     read_rcc)
-from lksmn_arch.prepare import PrepareError, SubImageSettings, main as prepare_main
+from lksmn_arch.cli.prepare import main as prepare_main
+from lksmn_arch.data.prepare import PrepareError, SubImageSettings
 
 SMALL_GRID = SubImageSettings(scales=(2, 3, 4), crop=24, step=12)
 
@@ -269,6 +270,24 @@ def test_failed_apt_get_download_is_one_line_naming_the_package(packages, tmp_pa
     assert not list((tmp_path / 'out' / 'debs').glob('*.deb'))
 
 
+def test_validation_split_holds_whole_sources_that_no_training_photo_comes_from():
+    photos = load_manifest()
+    val = [p for p in photos if p.split == 'val']
+    assert len(val) >= 10
+
+    def source(p):  # a package, a GCompris bundle, or a photographer of a wallpaper package
+        if p.package == 'gcompris-qt-data':
+            return p.path
+        if p.package.startswith('lomiri'):
+            return p.id.rsplit('_by_', 1)[-1]
+        return p.package
+
+    training_sources = {source(p) for p in photos if p.split == 'train'}
+    outside = [p for p in val if source(p) not in training_sources]
+    assert len(outside) >= 0.75 * len(val)
+    assert len({source(p) for p in outside}) >= 3
+
+
 def test_shipped_manifest_names_every_photo_with_licence_and_a_split_of_about_twenty():
     photos = load_manifest()
     assert len(photos) >= 140
@@ -278,5 +297,5 @@ def test_shipped_manifest_names_every_photo_with_licence_and_a_split_of_about_tw
     assert {p.package for p in test} == {p.package for p in photos}  # every source is held out too
     assert any(p.width >= 3840 for p in test) and any(p.path.endswith('.png') for p in test)  # 4K and lossless
     for p in photos:
-        assert isinstance(p, Photo) and p.author and p.licence and p.split in ('train', 'test')
+        assert isinstance(p, Photo) and p.author and p.licence and p.split in ('train', 'val', 'test')
         assert len(p.sha256) == 64 and p.downscale in (1, 2)

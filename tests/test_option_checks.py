@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import paired_dataset_options, training_options, write_yaml
-from lksmn_arch import train as train_cli
-from lksmn_arch.dataset_checks import DatasetError, name_files_in_sample_errors
+from lksmn_arch.cli import train as train_cli
+from lksmn_arch.data.dataset_checks import DatasetError, name_files_in_sample_errors
 
 
 @pytest.fixture

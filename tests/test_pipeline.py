@@ -30,13 +30,13 @@ def _make_lmdb(folder: Path, target: Path) -> Path:
 
 @pytest.fixture(scope='module')
 def trained_run(tiny_pairs, tmp_path_factory):
-    """A 4-iteration run on disk data with validation, as ``python -m lksmn_arch.train`` from its folder."""
+    """A 4-iteration run on disk data with validation, as ``python -m lksmn_arch.cli.train`` from its folder."""
     workdir = tmp_path_factory.mktemp('train_disk')
     opt = training_options(
         'tiny_disk',
         paired_dataset_options('train', tiny_pairs['train_gt'], tiny_pairs['train_lq'], 'train'),
         paired_dataset_options('val', tiny_pairs['val_gt'], tiny_pairs['val_lq'], 'val'))
-    result = run_module('lksmn_arch.train', '-opt', str(write_yaml(workdir / 'train.yml', opt)), cwd=workdir)
+    result = run_module('lksmn_arch.cli.train', '-opt', str(write_yaml(workdir / 'train.yml', opt)), cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, opt
 
@@ -63,7 +63,7 @@ def test_test_pipeline_reproduces_the_validation_psnr(trained_run, tiny_pairs):
                  'strict_load_g': True},
         'val': {'save_img': True, 'suffix': None, 'metrics': train_opt['val']['metrics']},
     }
-    result = run_module('lksmn_arch.test', '-opt', str(write_yaml(workdir / 'test.yml', test_opt)), cwd=workdir)
+    result = run_module('lksmn_arch.cli.test', '-opt', str(write_yaml(workdir / 'test.yml', test_opt)), cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     results = workdir / 'results' / 'tiny_test'
     test_psnr = float(PSNR_LINE.findall(_log_text(results, 'test'))[-1])
@@ -76,7 +76,7 @@ def test_lmdb_training_runs_from_prepared_lmdbs(tiny_pairs, tmp_path):
     lq = _make_lmdb(tiny_pairs['train_lq'], tmp_path / 'lq.lmdb')
     opt = training_options('tiny_lmdb', paired_dataset_options('train', gt, lq, 'train', backend='lmdb'),
                            paired_dataset_options('val', gt, lq, 'val', backend='lmdb'), total_iter=2)
-    result = run_module('lksmn_arch.train', '-opt', str(write_yaml(tmp_path / 'train.yml', opt)), cwd=tmp_path)
+    result = run_module('lksmn_arch.cli.train', '-opt', str(write_yaml(tmp_path / 'train.yml', opt)), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     experiment = tmp_path / 'experiments' / 'tiny_lmdb'
     assert (experiment / 'models' / 'net_g_2.pth').is_file()
@@ -88,7 +88,7 @@ def test_auto_resume_continues_from_the_saved_iteration_to_total_iter(trained_ru
     shutil.copytree(workdir / 'experiments', tmp_path / 'experiments')
     opt = dict(opt, train=dict(opt['train'], total_iter=6))
     option_file = write_yaml(tmp_path / 'train.yml', opt)
-    result = run_module('lksmn_arch.train', '-opt', str(option_file), '--auto_resume', cwd=tmp_path)
+    result = run_module('lksmn_arch.cli.train', '-opt', str(option_file), '--auto_resume', cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     experiment = tmp_path / 'experiments' / 'tiny_disk'
     log = _log_text(experiment, 'train')
@@ -107,7 +107,7 @@ def test_two_process_gloo_training_completes_with_rank_zero_writing(tiny_pairs, 
     option_file = write_yaml(tmp_path / 'train.yml', opt)
     result = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}', '-m',
-         'lksmn_arch.train', '-opt', str(option_file), '--launcher', 'pytorch'],
+         'lksmn_arch.cli.train', '-opt', str(option_file), '--launcher', 'pytorch'],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     experiment = tmp_path / 'experiments' / 'tiny_ddp'
@@ -121,7 +121,7 @@ def test_two_process_gloo_training_completes_with_rank_zero_writing(tiny_pairs, 
 def test_each_shipped_option_file_parses_and_builds_its_network(option_file):
     from basicsr.archs import build_network
 
-    from lksmn_arch.pipeline import load_options
+    from lksmn_arch.training.pipeline import load_options
     opt = load_options(str(option_file))
     net = build_network(opt['network_g'])
     assert net.upscale == opt['scale']
@@ -145,7 +145,7 @@ def test_train_option_file_runs_a_few_iterations_on_a_small_prepared_dataset(tin
     shutil.copytree(pairs['gt'], tmp_path / 'datasets' / 'Set5' / 'GTmod4')
     shutil.copytree(pairs['lq'], tmp_path / 'datasets' / 'Set5' / 'LRbicx4')
     result = run_module(
-        'lksmn_arch.train', '-opt', str(REPO / 'options' / 'train_LKSMN_x4.yml'), '--force_yml',
+        'lksmn_arch.cli.train', '-opt', str(REPO / 'options' / 'train_LKSMN_x4.yml'), '--force_yml',
         'train:total_iter=2', 'logger:save_checkpoint_freq=2', 'val:val_freq=2', 'logger:use_tb_logger=false',
         'datasets:train:batch_size_per_gpu=2', 'datasets:train:gt_size=64', 'datasets:train:num_worker_per_gpu=0',
         cwd=tmp_path, timeout=600)
@@ -172,7 +172,7 @@ def test_benchmark_option_file_runs_all_five_sets_in_order(x4_checkpoint, tmp_pa
     for index in range(1, 6):
         overrides += [f'datasets:test_{index}:dataroot_gt={pairs["gt"]}',
                       f'datasets:test_{index}:dataroot_lq={pairs["lq"]}']
-    result = run_module('lksmn_arch.test', '-opt', str(REPO / 'options' / 'test_LKSMN_x4.yml'), '--force_yml',
+    result = run_module('lksmn_arch.cli.test', '-opt', str(REPO / 'options' / 'test_LKSMN_x4.yml'), '--force_yml',
                         *overrides, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     log = _log_text(tmp_path / 'results' / 'LKSMN_x4_benchmarks', 'test')
@@ -188,7 +188,7 @@ def test_single_image_option_file_upscales_lr_images_without_ground_truth(x4_che
     lr_dir.mkdir()
     for index, crop in enumerate(photo_crops(2, 12, seed=7)):
         cv2.imwrite(str(lr_dir / f'img{index}.png'), crop)
-    result = run_module('lksmn_arch.test', '-opt', str(REPO / 'options' / 'test_LKSMN_x4_single.yml'),
+    result = run_module('lksmn_arch.cli.test', '-opt', str(REPO / 'options' / 'test_LKSMN_x4_single.yml'),
                         '--force_yml', f'datasets:test_1:dataroot_lq={lr_dir}',
                         f'path:pretrain_network_g={x4_checkpoint}', cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -199,7 +199,7 @@ def test_single_image_option_file_upscales_lr_images_without_ground_truth(x4_che
 
 @pytest.mark.parametrize('is_train', [True, False], ids=['lksmn-train', 'lksmn-test'])
 def test_model_types_other_than_lksmnmodel_run_as_lksmnmodel_or_with_a_warning(is_train):
-    from lksmn_arch.pipeline import model_type_plan
+    from lksmn_arch.training.pipeline import model_type_plan
     assert model_type_plan({'model_type': 'LKSMNModel'}, 'a.yml', is_train) == (None, None)
     run_as, (level, message) = model_type_plan({'model_type': 'SRModel'}, 'a.yml', is_train)
     assert run_as == 'model_type=LKSMNModel' and level == logging.INFO

@@ -15,8 +15,8 @@ import lksmn_arch  # noqa: F401  (compat fixes before basicsr)
 from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.data.transforms import mod_crop
 from basicsr.utils.matlab_functions import imresize
-from lksmn_arch import prepare
-
+from lksmn_arch.cli import prepare as prepare_cli
+from lksmn_arch.data import prepare
 SETTINGS = prepare.SubImageSettings(scales=(2, 3, 4), crop=48, step=24, thresh=0)
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -289,9 +289,9 @@ def test_benchmark_writes_gtmod_and_lrbicx_with_exact_sizes(tmp_path):
 
 def test_benchmark_with_several_workers_writes_the_same_files_as_one_process(tmp_path):
     hr = make_folder(tmp_path / 'hr', {'a.png': astronaut(40, 52), 'b.png': astronaut(44, 36, 300, 300)})
-    assert prepare.main(['benchmark', '--hr', str(hr), '--out', str(tmp_path / 'one'), '--scales', '4',
+    assert prepare_cli.main(['benchmark', '--hr', str(hr), '--out', str(tmp_path / 'one'), '--scales', '4',
                          '--workers', '1']) == 0
-    assert prepare.main(['benchmark', '--hr', str(hr), '--out', str(tmp_path / 'two'), '--scales', '4',
+    assert prepare_cli.main(['benchmark', '--hr', str(hr), '--out', str(tmp_path / 'two'), '--scales', '4',
                          '--workers', '2']) == 0
     for folder in ('GTmod4', 'LRbicx4'):
         for name in ('a.png', 'b.png'):
@@ -304,10 +304,10 @@ def test_benchmark_with_several_workers_writes_the_same_files_as_one_process(tmp
 
 def test_missing_hr_folder_is_named_in_the_error(tmp_path, capsys):
     missing = tmp_path / 'no_such_folder'
-    assert prepare.main(['div2k', '--hr', str(missing), '--out', str(tmp_path / 'out'), '--name', 'T']) == 1
+    assert prepare_cli.main(['div2k', '--hr', str(missing), '--out', str(tmp_path / 'out'), '--name', 'T']) == 1
     err = capsys.readouterr().err
     assert str(missing) in err and 'does not exist' in err
-    assert prepare.main(['benchmark', '--hr', str(missing), '--out', str(tmp_path / 'out')]) == 1
+    assert prepare_cli.main(['benchmark', '--hr', str(missing), '--out', str(tmp_path / 'out')]) == 1
     assert str(missing) in capsys.readouterr().err
 
 
@@ -315,7 +315,7 @@ def test_hr_folder_without_images_is_named_in_the_error(tmp_path, capsys):
     empty = tmp_path / 'empty'
     make_folder(empty, {})
     (empty / 'notes.txt').write_text('not an image')
-    assert prepare.main(['div2k', '--hr', str(empty), '--out', str(tmp_path / 'out'), '--name', 'T']) == 1
+    assert prepare_cli.main(['div2k', '--hr', str(empty), '--out', str(tmp_path / 'out'), '--name', 'T']) == 1
     err = capsys.readouterr().err
     assert str(empty) in err and 'no images' in err
 
@@ -325,13 +325,13 @@ def test_unreadable_image_is_named_others_are_processed_and_no_lmdb_is_built(tmp
     (hr / '0002.png').write_bytes(b'this is not a png')
     args = ['div2k', '--hr', str(hr), '--out', str(tmp_path / 'out'), '--name', 'T', '--crop', '48', '--step', '24',
             '--workers', '2']
-    assert prepare.main(args) == 1
+    assert prepare_cli.main(args) == 1
     err = capsys.readouterr().err
     assert f'{hr / "0002.png"}: not a readable image' in err and '--skip-unreadable' in err
     assert (tmp_path / 'out' / 'T_LR_bicubic_X4_sub' / '0001_s001.png').is_file()
     assert not list((tmp_path / 'out').glob('*.lmdb'))
 
-    assert prepare.main(args + ['--skip-unreadable']) == 0
+    assert prepare_cli.main(args + ['--skip-unreadable']) == 0
     assert str(hr / '0002.png') in capsys.readouterr().err
     assert prepare.lmdb_keys(tmp_path / 'out' / 'T_HR_sub.lmdb') == ['0001_s001']
 
@@ -353,7 +353,7 @@ def test_same_file_name_in_two_hr_folders_is_refused_naming_both(tmp_path):
 
 def test_crop_that_is_not_a_multiple_of_the_scales_lcm_is_refused(tmp_path, capsys):
     hr = make_folder(tmp_path / 'hr', {'0001.png': astronaut(48, 48)})
-    assert prepare.main(['div2k', '--hr', str(hr), '--out', str(tmp_path / 'out'), '--name', 'T',
+    assert prepare_cli.main(['div2k', '--hr', str(hr), '--out', str(tmp_path / 'out'), '--name', 'T',
                          '--crop', '50']) == 1
     assert 'multiples of 12' in capsys.readouterr().err
     assert not (tmp_path / 'out').exists()
@@ -368,7 +368,7 @@ def test_help_explains_the_output_layout(capsys):
                                       '--overwrite', 'lcm(scales)']),
                            ('benchmark', ['GTmod{s}/', 'LRbicx{s}/', 'datasets/Set5/LRbicx4'])):
         with pytest.raises(SystemExit) as done:
-            prepare.main([command, '--help'])
+            prepare_cli.main([command, '--help'])
         assert done.value.code == 0
         out = capsys.readouterr().out
         assert all(word in out for word in words), command
@@ -376,7 +376,7 @@ def test_help_explains_the_output_layout(capsys):
 
 def test_module_command_exits_with_status_1_and_names_the_missing_folder(tmp_path):
     missing = tmp_path / 'missing'
-    result = subprocess.run([sys.executable, '-m', 'lksmn_arch.prepare', 'benchmark', '--hr', str(missing),
+    result = subprocess.run([sys.executable, '-m', 'lksmn_arch.cli.prepare', 'benchmark', '--hr', str(missing),
                              '--out', str(tmp_path / 'out')], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert f'lksmn-prepare: error: HR folder {missing} does not exist' in result.stderr

@@ -11,10 +11,12 @@ import pytest
 import torch
 
 import lksmn_arch  # noqa: F401
-from lksmn_arch import pretrained, upscale
-from lksmn_arch.checkpoint import build_model_from_checkpoint, load_state_dict
-from lksmn_arch.inference import Upscaler
-from lksmn_arch.pipeline import OptionsError, resolve_shipped_paths
+from lksmn_arch.cli import upscale as upscale_cli
+from lksmn_arch.inference import files as upscale
+from lksmn_arch.weights import shipped as pretrained
+from lksmn_arch.utils.checkpoint import build_model_from_checkpoint, load_state_dict
+from lksmn_arch.inference.upscaler import Upscaler
+from lksmn_arch.training.pipeline import OptionsError, resolve_shipped_paths
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +52,7 @@ def test_upscale_without_a_model_runs_the_shipped_one_and_names_it(tmp_path):
 def test_a_scale_without_a_shipped_model_says_which_exist(tmp_path, capsys):
     photo = tmp_path / 'photo.png'
     cv2.imwrite(str(photo), np.zeros((8, 8, 3), np.uint8))
-    assert upscale.main(['-i', str(photo), '-o', str(tmp_path / 'out'), '--scale', '2', '--quiet']) == 2
+    assert upscale_cli.main(['-i', str(photo), '-o', str(tmp_path / 'out'), '--scale', '2', '--quiet']) == 2
     assert 'no shipped LKSMN model for x2 (shipped: x4)' in capsys.readouterr().err
     with pytest.raises(pretrained.ShippedModelError, match='shipped: x4'):
         Upscaler.from_checkpoint(scale=3)

@@ -10,7 +10,7 @@ import yaml
 
 import lksmn_arch  # noqa: F401  (compatibility fixes before spandrel imports torchvision)
 from lksmn_arch import LKSMN, spandrel_support
-from lksmn_arch.checkpoint import save_safetensors
+from lksmn_arch.utils.checkpoint import save_safetensors
 
 import spandrel  # noqa: E402  (the spandrel extra, installed by scripts/setup_env.sh)
 

@@ -11,7 +11,7 @@ import torch
 
 import lksmn_arch  # noqa: F401
 from lksmn_arch.archs.lksmn_arch import LKSMN
-from lksmn_arch.latency import make_forward, time_interleaved
+from lksmn_arch.inference.latency import make_forward, time_interleaved
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / 'benchmarks' / 'speed.py'
@@ -113,7 +113,7 @@ def test_speed_page_figures_are_the_tables_the_benchmark_wrote():
 
 
 def test_interleaved_timing_idles_before_every_call_outside_the_timed_span(monkeypatch):
-    import lksmn_arch.latency as latency
+    import lksmn_arch.inference.latency as latency
     events = []
     monkeypatch.setattr(latency.time, 'sleep', lambda seconds: events.append(('sleep', seconds)))
     forwards = {name: (lambda x, name=name: events.append(('call', name)) or x) for name in ('a', 'b')}
@@ -124,7 +124,7 @@ def test_interleaved_timing_idles_before_every_call_outside_the_timed_span(monke
 
 
 def test_fastest_latency_takes_paths_per_network_and_leaves_out_one_that_cannot_be_built():
-    from lksmn_arch.latency import fastest_latency
+    from lksmn_arch.inference.latency import fastest_latency
     torch.manual_seed(0)
     tiny = {name: LKSMN(upscale=2, num_feat=12, num_block=1, num_heads=2).eval() for name in ('a', 'b')}
     best = fastest_latency(tiny, (1, 3, 8, 8), paths={'a': ['channels_last', 'no such path'],
@@ -162,7 +162,7 @@ def test_cross_check_compares_the_table_with_a_default_allocator_run_and_adds_a_
 
 FAULTS_PER_CALL = '''
 import resource, sys, torch
-from lksmn_arch.latency import settle_allocator
+from lksmn_arch.inference.latency import settle_allocator
 if sys.argv[1] == 'settled':
     settle_allocator()
 def call():  # a forward-like call: three 10 MB temporaries, freed at the end
@@ -188,7 +188,7 @@ def test_settled_allocator_stops_a_fresh_process_from_page_faulting_its_temporar
 
 
 def test_interleaved_timing_settles_the_allocator_before_the_first_call(monkeypatch):
-    import lksmn_arch.latency as latency
+    import lksmn_arch.inference.latency as latency
     events = []
     monkeypatch.setattr(latency, 'settle_allocator', lambda: events.append('settle'))
     latency.time_interleaved({'net': lambda x: events.append('call') or x}, torch.zeros(1), rounds=1, warmup=0)

@@ -12,9 +12,11 @@ import torch
 from PIL import Image, ImageOps
 
 import lksmn_arch  # noqa: F401
-from lksmn_arch import upscale
+from lksmn_arch.cli import upscale as upscale_cli
+from lksmn_arch.inference import files as upscale
 from lksmn_arch.archs.lksmn_arch import LKSMN
-from lksmn_arch.upscale import apply_orientation, main, read_image, upscale_paths, write_image_atomic
+from lksmn_arch.cli.upscale import main
+from lksmn_arch.inference.files import apply_orientation, read_image, upscale_paths, write_image_atomic
 
 SCALE = 2
 H, W = 10, 14
@@ -74,10 +76,10 @@ def test_cli_upscales_rgb_gray_rgba_and_16_bit_images_and_reports_the_corrupt_on
 @pytest.mark.filterwarnings('ignore:.*found in sys.modules:RuntimeWarning')  # runpy, module already imported
 def test_one_image_file_through_python_dash_m(tmp_path, checkpoint, monkeypatch):
     _write(tmp_path / 'one.png', np.full((H, W, 3), 128, np.uint8))
-    monkeypatch.setattr(sys, 'argv', ['lksmn_arch.upscale', '-i', str(tmp_path / 'one.png'), '-o',
+    monkeypatch.setattr(sys, 'argv', ['lksmn_arch.inference.files', '-i', str(tmp_path / 'one.png'), '-o',
                                       str(tmp_path / 'out'), '-m', str(checkpoint), '--suffix', '_big', '--quiet'])
     with pytest.raises(SystemExit) as info:
-        runpy.run_module('lksmn_arch.upscale', run_name='__main__', alter_sys=False)
+        runpy.run_module('lksmn_arch.cli.upscale', run_name='__main__', alter_sys=False)
     assert info.value.code == 0
     assert cv2.imread(str(tmp_path / 'out' / 'one_big.png')).shape == (H * 2, W * 2, 3)
 

@@ -57,7 +57,7 @@ def test_wheel_holds_weights_manifest_and_option_templates(installed):
 
 def test_installed_package_is_imported_from_the_wheel_not_the_sources(installed, tmp_path):
     site, env = installed
-    code = ('import lksmn_arch; from lksmn_arch.pretrained import default_model; '
+    code = ('import lksmn_arch; from lksmn_arch.weights.shipped import default_model; '
             'print(lksmn_arch.__file__); print(default_model(4).path)')
     done = _run([sys.executable, '-c', code], env, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -92,7 +92,7 @@ def test_installed_spandrel_path_loads_the_shipped_model_in_both_formats(install
     site, env = installed
     code = ('import lksmn_arch.spandrel_support as s; s.install()\n'
             'from spandrel import ModelLoader\n'
-            'from lksmn_arch.pretrained import default_model\n'
+            'from lksmn_arch.weights.shipped import default_model\n'
             'path = default_model(4).path\n'
             'for file in (path, path.with_suffix(".safetensors")):\n'
             '    model = ModelLoader().load_from_file(file)\n'

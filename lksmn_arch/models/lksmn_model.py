@@ -48,13 +48,55 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from lksmn_arch import resume
-from lksmn_arch.atomic import atomic_save, check_writable, remove_stale_temporaries
-from lksmn_arch.checkpoint import CheckpointError, check_finite
-from lksmn_arch.resume import TrainingError, load_trusted
+from lksmn_arch.training import resume
+from lksmn_arch.utils.atomic import atomic_save, check_writable, remove_stale_temporaries
+from lksmn_arch.utils.checkpoint import CheckpointError, check_finite
+from lksmn_arch.training.resume import TrainingError, load_trusted
 
 DEFAULT_MAX_NONFINITE_STEPS = 20
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX): there bf16 autocast is faster than
+    fp32; elsewhere oneDNN emulates it, which is slower than fp32 (Linux: read from /proc/cpuinfo)."""
+    try:
+        flags = Path('/proc/cpuinfo').read_text(errors='replace')
+    except OSError:
+        return False
+    return ' avx512_bf16' in flags or ' amx_bf16' in flags
+
+
+def training_path(train_opt: Dict[str, Any], device_type: str) -> Tuple[bool, Optional[torch.dtype], List[str]]:
+    """(channels_last, autocast dtype or None, lines to log) from ``train.channels_last`` (auto, true, false) and
+    ``train.precision`` (auto, fp32, bf16, fp16). auto: on a CPU, channels_last and bf16 where the CPU has it
+    natively (benchmarks/train_speed.py measured both faster there), fp32 channels_last otherwise; on CUDA, fp32
+    NCHW (BasicSR's path) until a GPU measurement says otherwise. A precision the device cannot run fast falls
+    back to fp32 with a line that says so. Weights, optimizer, EMA, checkpoints and validation stay fp32."""
+    lines: List[str] = []
+    layout = train_opt.get('channels_last', 'auto')
+    if layout not in ('auto', True, False):
+        raise TrainingError(f'train.channels_last must be auto, true or false, got {layout!r}')
+    precision = train_opt.get('precision', 'auto')
+    if precision not in PRECISIONS:
+        raise TrainingError(f'train.precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
+    channels_last = (device_type == 'cpu') if layout == 'auto' else bool(layout)
+    native_bf16 = cpu_has_native_bf16() if device_type == 'cpu' else torch.cuda.is_bf16_supported()
+    if precision == 'auto':
+        precision = 'bf16' if device_type == 'cpu' and native_bf16 else 'fp32'
+    elif precision == 'bf16' and not native_bf16:
+        lines.append(f'train.precision: bf16 asked, but this {device_type.upper()} has no native bf16 (it would '
+                     'be emulated, slower than fp32): training in fp32.')
+        precision = 'fp32'
+    elif precision == 'fp16' and device_type == 'cpu':
+        lines.append('train.precision: fp16 is for CUDA; training in fp32 on this CPU.')
+        precision = 'fp32'
+    dtype = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
+    lines.append(f'Training path: {precision}{" autocast" if dtype else ""}, '
+                 f'{"channels_last" if channels_last else "NCHW"} on {device_type} (train.precision, '
+                 'train.channels_last).')
+    return channels_last, dtype, lines
 
 
 class NonFiniteLossError(TrainingError):
@@ -230,6 +272,10 @@ class LKSMNModel(SRModel):
     files only need the type changed. Adds option ``train.max_nonfinite_steps`` (default 20)."""
 
     def __init__(self, opt: Dict[str, Any]) -> None:
+        self._channels_last, self._autocast_dtype, path_lines = False, None, []
+        if opt.get('is_train') and isinstance(opt.get('train'), dict):
+            device_type = 'cuda' if opt.get('num_gpu', 0) != 0 and torch.cuda.is_available() else 'cpu'
+            self._channels_last, self._autocast_dtype, path_lines = training_path(opt['train'], device_type)
         self._nonfinite_steps = 0
         self._epoch: int = 0  # the last epoch BasicSR told the model (resume state or save); 0 if none yet
         self._last_checkpoint: Optional[int] = None
@@ -237,6 +283,8 @@ class LKSMNModel(SRModel):
         if not self.is_train:
             return
         logger = get_root_logger()
+        for line in path_lines:
+            logger.info(line)
         _write_to_log_files(logger, resume.pending_warnings)  # resume fallbacks, already on the console
         resume.pending_warnings.clear()
         if self.opt.get('rank', 0) == 0:
@@ -251,6 +299,18 @@ class LKSMNModel(SRModel):
         _track_sampler_epochs()
         if not install_signal_handlers():
             logger.warning('Not in the main thread: SIGTERM/SIGINT will not save a training state before exiting.')
+
+    def model_to_device(self, net: torch.nn.Module) -> torch.nn.Module:
+        """BaseModel's, with the weights put in channels_last first when training on that path."""
+        if self._channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        return super().model_to_device(net)
+
+    def feed_data(self, data: Dict[str, Any]) -> None:
+        """SRModel's; the training input in channels_last on that path."""
+        super().feed_data(data)
+        if self._channels_last and self.is_train and self.net_g.training:
+            self.lq = self.lq.contiguous(memory_format=torch.channels_last)
 
     def init_training_settings(self) -> None:
         """SRModel's, plus ``train.max_nonfinite_steps``."""
@@ -325,7 +385,10 @@ class LKSMNModel(SRModel):
         """SRModel's step, skipped when the loss or a gradient is not finite; stops on a recorded signal."""
         self.optimizer_g.zero_grad()
         forward_state = self._forward_state()
-        self.output = self.net_g(self.lq)
+        with torch.autocast(self.device.type, dtype=self._autocast_dtype or torch.float32,
+                            enabled=self._autocast_dtype is not None):
+            self.output = self.net_g(self.lq)
+        self.output = self.output.float()  # the losses in fp32
 
         l_total = 0
         loss_dict = OrderedDict()
@@ -459,7 +522,7 @@ class LKSMNModel(SRModel):
         for net_, key in zip(nets, keys):
             state_dict = OrderedDict()
             for name, param in self.get_bare_model(net_).state_dict().items():
-                state_dict[name[len('module.'):] if name.startswith('module.') else name] = param.cpu()
+                state_dict[name[len('module.'):] if name.startswith('module.') else name] = param.cpu().contiguous()
             save_dict[key] = state_dict
         bad = [f'{key}.{name}' for key, params in save_dict.items() for name, value in params.items()
                if value.is_floating_point() and not bool(torch.isfinite(value).all())]

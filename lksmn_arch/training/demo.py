@@ -5,14 +5,11 @@ Everything runs through the project's own commands and BasicSR's pipelines: ``pr
 written option file, ``run_testing`` upscales the held-out photos, and BasicSR's PSNR/SSIM (Y channel,
 border = scale) score LKSMN and bicubic on the same images. No download is needed.
 
-    lksmn-demo                      # or: python -m lksmn_arch.demo --help
+    lksmn-demo                      # or: python -m lksmn_arch.cli.demo --help
 """
-import argparse
-import shutil
-import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import cv2
 import numpy as np
@@ -20,44 +17,14 @@ import yaml
 
 import lksmn_arch  # noqa: F401  (compat fixes before basicsr)
 from basicsr.metrics import calculate_psnr, calculate_ssim
-from basicsr.utils.matlab_functions import imresize
 
-from lksmn_arch.pipeline import run_testing, run_training
-from lksmn_arch.prepare import SubImageSettings, prepare_benchmark, prepare_div2k
+from lksmn_arch.training.pipeline import run_testing, run_training
+from lksmn_arch.data.prepare import SubImageSettings, bicubic_upscale, prepare_benchmark, prepare_div2k
+from lksmn_arch.data.sample_photos import TEST_PHOTOS, TRAIN_PHOTOS, write_photos
 
 SCALE = 4
-# scikit-image's sample photos that load without a download. Held out for testing: three natural photos.
-TEST_PHOTOS = ('astronaut', 'coffee', 'chelsea')
-TRAIN_PHOTOS = ('rocket', 'stereo_motorcycle', 'hubble_deep_field', 'immunohistochemistry', 'retina', 'camera',
-                'brick', 'grass', 'gravel', 'coins', 'moon', 'page', 'text', 'colorwheel')
 NAME = 'LKSMN_x4_demo'
 MARKER = '.lksmn-demo'  # marks a folder the demo made, which a re-run may replace
-
-
-def _photo(name: str) -> List[np.ndarray]:
-    """The photo(s) of that name as BGR uint8 (grey ones replicated to 3 channels; stereo gives both views)."""
-    from skimage import data
-    loaded = getattr(data, name)()
-    images = list(loaded[:2]) if isinstance(loaded, tuple) else [loaded]
-    out = []
-    for image in images:
-        image = np.asarray(image)
-        if image.ndim == 2:
-            image = np.stack([image] * 3, axis=-1)
-        out.append(np.ascontiguousarray(image[..., 2::-1]).astype(np.uint8))
-    return out
-
-
-def write_photos(folder: Path, names: Sequence[str]) -> List[Path]:
-    """Save the named sample photos as PNG in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name in names:
-        for view, image in enumerate(_photo(name)):
-            path = folder / (f'{name}.png' if view == 0 else f'{name}_{view}.png')
-            cv2.imwrite(str(path), image)
-            written.append(path)
-    return written
 
 
 def make_demo_data(data_root: Path) -> Dict[str, Path]:
@@ -118,16 +85,10 @@ def _score(image: np.ndarray, gt: np.ndarray) -> Dict[str, float]:
             'ssim': calculate_ssim(image, gt, SCALE, input_order='HWC', test_y_channel=True)}
 
 
-def bicubic_upscale(lr: np.ndarray) -> np.ndarray:
-    """MATLAB-bicubic x4 of a uint8 image, as SR papers' 'Bicubic' row."""
-    up = imresize(lr.astype(np.float64) / 255.0, SCALE)
-    return np.clip(np.round(up * 255.0), 0, 255).astype(np.uint8)
-
-
 def shipped_upscaler() -> Optional[object]:
     """An Upscaler (PyTorch, whole image) for the model shipped for x4, or None when the package ships none."""
-    from lksmn_arch.inference import Upscaler
-    from lksmn_arch.pretrained import shipped_models
+    from lksmn_arch.inference.upscaler import Upscaler
+    from lksmn_arch.weights.shipped import shipped_models
     if not any(m.scale == SCALE for m in shipped_models()):
         return None
     return Upscaler.from_checkpoint(scale=SCALE, device='cpu', progress=False)
@@ -149,8 +110,8 @@ def score_results(data: Dict[str, Path], results: Path, shipped=None) -> List[di
         sr = cv2.imread(str(sr_path))
         if sr is None:
             raise RuntimeError(f'the test pipeline did not write {sr_path}')
-        row = {'image': gt_path.stem, 'bicubic': _score(bicubic_upscale(lr), gt), 'lksmn': _score(sr, gt),
-               'gt': gt, 'bicubic_img': bicubic_upscale(lr), 'lksmn_img': sr}
+        row = {'image': gt_path.stem, 'bicubic': _score(bicubic_upscale(lr, SCALE), gt), 'lksmn': _score(sr, gt),
+               'gt': gt, 'bicubic_img': bicubic_upscale(lr, SCALE), 'lksmn_img': sr}
         if shipped is not None:
             row['shipped_img'] = upscale_bgr(shipped, lr)
             row['shipped'] = _score(row['shipped_img'], gt)
@@ -244,56 +205,3 @@ def run_demo(out: Path, iterations: int = 2000, batch_size: int = 8) -> Dict[str
     return {'table': format_table(rows), 'figure': figure, 'timings': timings, 'psnr_gain': mean_gain,
             'shipped_gain': shipped_gain,
             'checkpoint': out / 'experiments' / NAME / 'models' / 'net_g_latest.pth'}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='lksmn-demo',
-        description='Train LKSMN x4 on real photos shipped with scikit-image (no download), then run BasicSR\'s '
-        'test pipeline on three held-out photos and print PSNR/SSIM (Y channel) of LKSMN next to bicubic and to the '
-        'model shipped in the package. '
-        'Writes OUT/data, OUT/options, OUT/experiments, OUT/results and OUT/comparison.png '
-        '(crops of bicubic, LKSMN and ground truth side by side).')
-    parser.add_argument('--out', type=Path, default=Path('demo_output'), help='output folder (default demo_output)')
-    parser.add_argument('--iters', type=int, default=2000, help='training iterations (default 2000)')
-    parser.add_argument('--batch', type=int, default=8, help='batch size (default 8, 64x64 GT patches)')
-    parser.add_argument('--overwrite', action='store_true',
-                        help='delete OUT first even if the demo did not make it (a previous demo output is '
-                        'always replaced)')
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.iters < 1 or args.batch < 1:
-        print('lksmn-demo: error: --iters and --batch must be positive', file=sys.stderr)
-        return 2
-    if args.out.exists() and any(args.out.iterdir()):
-        if not args.overwrite and not (args.out / MARKER).is_file():
-            print(f'lksmn-demo: error: {args.out} is not empty; pass --overwrite to replace it or --out elsewhere',
-                  file=sys.stderr)
-            return 2
-        print(f'lksmn-demo: replacing {args.out}', flush=True)
-        shutil.rmtree(args.out)
-    started = time.time()
-    try:
-        result = run_demo(args.out, args.iters, args.batch)
-    except KeyboardInterrupt:
-        print(f'\nlksmn-demo: interrupted; {args.out} is incomplete (a re-run replaces it)', file=sys.stderr)
-        return 130
-    timings = result['timings']
-    print(f'\nLKSMN x4 demo: {args.iters} iterations; data {timings["data"]:.0f} s, training {timings["train"]:.0f} s, '
-          f'test {timings["test"]:.0f} s, total {time.time() - started:.0f} s')
-    print('Held-out photos (PSNR dB / SSIM on Y, border 4):\n')
-    print(result['table'])
-    verdict = 'above' if result['psnr_gain'] > 0 else 'NOT above'
-    print(f'\nLKSMN is {verdict} bicubic by {result["psnr_gain"]:+.2f} dB on average.')
-    if result.get('shipped_gain') is not None:
-        print(f'The shipped model (trained longer on more data, docs/models.md): {result["shipped_gain"]:+.2f} dB '
-              'over bicubic on the same photos.')
-    print(f'Comparison picture: {result["figure"]}\nCheckpoint: {result["checkpoint"]}')
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -5,7 +5,7 @@ produces a 1280x720 image, i.e. an input of 1280/s x 720/s), counted by ``torch.
 on the meta device (no real computation) and halved from FLOPs to multiply-adds. It counts
 convolutions and matrix products, the operations the convention counts.
 
-    python -m lksmn_arch.complexity --scale 4
+    python -m lksmn_arch.archs.complexity --scale 4
 """
 import argparse
 import copy
@@ -120,7 +120,7 @@ def format_report(report: Dict[str, object]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog='python -m lksmn_arch.complexity',
+        prog='python -m lksmn_arch.archs.complexity',
         description='Print the parameter count of the default LKSMN, its Multi-Adds for a 1280x720 output '
         '(the lightweight-SR convention: input 1280/s x 720/s; counted with torch.utils.flop_counter, '
         'convolutions and matrix products, FLOPs / 2), and the peak memory of one forward pass at that size.')

@@ -4,7 +4,7 @@
 training data, recipe, iterations and hardware; ``docs/models.md`` is its model card. A shipped file is
 checked against its sha256 before use, so a damaged install is refused rather than run::
 
-    from lksmn_arch.pretrained import default_model
+    from lksmn_arch.weights.shipped import default_model
     path = default_model(4).path          # lksmn_arch/weights/LKSMN_x4_openphotos.pth
 """
 import hashlib
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-WEIGHTS_DIR = Path(__file__).parent / 'weights'
+WEIGHTS_DIR = Path(__file__).parent
 INDEX = WEIGHTS_DIR / 'models.json'
 
 

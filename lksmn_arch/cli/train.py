@@ -2,7 +2,7 @@
 import sys
 from typing import Optional, Sequence
 
-from lksmn_arch.pipeline import cli, run_training
+from lksmn_arch.training.pipeline import cli, run_training
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -15,7 +15,7 @@ from typing import Any, Callable, List, Optional
 
 import torch
 
-from lksmn_arch.resume import TrainingError
+from lksmn_arch.errors import TrainingError
 
 _TEMPORARY = re.compile(r'^\..+\.tmp-\d+$')
 

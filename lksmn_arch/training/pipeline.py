@@ -22,11 +22,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import yaml
 
 import lksmn_arch  # noqa: F401  (compat fixes, LKSMN and LKSMNModel registered)
-from lksmn_arch import resume
-from lksmn_arch.checkpoint import CheckpointError
-from lksmn_arch.atomic import check_writable
+from lksmn_arch.training import resume
+from lksmn_arch.utils.checkpoint import CheckpointError
+from lksmn_arch.utils.atomic import check_writable
 from lksmn_arch.models.lksmn_model import TrainingInterrupted, exit_after_stop, shield_dataloader_workers
-from lksmn_arch.dataset_checks import DatasetError, check_dataset_options, name_files_in_sample_errors
+from lksmn_arch.data.dataset_checks import DatasetError, check_dataset_options, name_files_in_sample_errors
 
 
 PLAIN_NAME = re.compile(r'^[A-Za-z0-9_.+-]{1,128}$')  # an experiment name: a folder name, nothing more
@@ -66,8 +66,9 @@ def build_parser(prog: str, is_train: bool) -> argparse.ArgumentParser:
 def option_templates_dir() -> Path:
     """The option files shipped with the package (``lksmn_arch/options/`` when installed, else the source tree's
     ``options/``)."""
-    packaged = Path(__file__).resolve().parent / 'options'
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / 'options'
+    package = Path(__file__).resolve().parents[1]
+    packaged = package / 'options'
+    return packaged if packaged.is_dir() else package.parent / 'options'
 
 
 def find_option_file(opt_path: str) -> str:
@@ -255,7 +256,7 @@ def _basicsr_arguments(args: argparse.Namespace, force_yml: List[str]) -> List[s
 def resolve_shipped_paths(opt: Dict[str, Any], opt_path: str) -> List[str]:
     """Turn ``path.pretrain_network_*: shipped:x<s>`` into the shipped model's file (checked), in ``opt``; returns
     the ``--force_yml`` overrides that tell BasicSR the same."""
-    from lksmn_arch.pretrained import ShippedModelError, default_model
+    from lksmn_arch.weights.shipped import ShippedModelError, default_model
     overrides = []
     for key, value in list((opt.get('path') or {}).items()):
         if key.startswith('pretrain_network') and isinstance(value, str) and value.startswith(SHIPPED_PREFIX):

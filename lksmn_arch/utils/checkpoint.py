@@ -96,7 +96,7 @@ def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: PathLike, con
     """Write ``state_dict`` as ``.safetensors`` (atomically), with the network configuration as metadata."""
     from safetensors.torch import save_file
 
-    from lksmn_arch.atomic import replace_atomically
+    from lksmn_arch.utils.atomic import replace_atomically
     path = Path(path)
     tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
     metadata = {'format': 'pt', 'architecture': 'LKSMN', 'lksmn_config': json.dumps(config)}

@@ -18,16 +18,13 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from basicsr.utils import check_resume
 
-from lksmn_arch import checkpoint
+from lksmn_arch.errors import TrainingError
+from lksmn_arch.utils import checkpoint
 
 logger = logging.getLogger('basicsr')
 
 # Warnings issued before BasicSR's log file exists; LKSMNModel writes them to the log once it does.
 pending_warnings: List[str] = []
-
-
-class TrainingError(RuntimeError):
-    """A fault that stops training; ``lksmn-train`` reports it as one line (exit status 1)."""
 
 
 class UnsafeCheckpointError(TrainingError):

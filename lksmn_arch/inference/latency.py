@@ -12,6 +12,7 @@ candidate alike.
 """
 import copy
 import importlib.util
+import platform
 import statistics
 import tempfile
 import time
@@ -28,11 +29,28 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 FP32_PATHS = ('eager', 'channels_last', 'compile', 'compile_channels_last', 'onnxruntime')
 BF16_PATHS = ('bf16 channels_last', 'bf16 compile_channels_last')
 # OpenVINO (CPU; when the ``openvino`` package is installed): the ONNX export compiled for each input shape
-# at its first call, with fp32 or bf16 inference precision (``lksmn_arch.export.OpenVinoModel``).
+# at its first call, with fp32 or bf16 inference precision (``lksmn_arch.inference.export.OpenVinoModel``).
 OPENVINO_PATHS = ('openvino', 'bf16 openvino')
 ALL_PATHS = FP32_PATHS + BF16_PATHS + OPENVINO_PATHS
 # The packages each runtime needs: itself, and onnx for the export it runs.
 RUNTIME_MODULES = {'onnxruntime': ('onnxruntime', 'onnx'), 'openvino': ('openvino', 'onnx')}
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its vector extensions that matter here (for a speed figure's label)."""
+    name, flags = '', set()
+    try:
+        for line in Path('/proc/cpuinfo').read_text(errors='replace').splitlines():
+            if line.startswith('model name') and not name:
+                name = line.split(':', 1)[1].strip()
+            elif line.startswith('flags') and not flags:
+                flags = set(line.split(':', 1)[1].split())
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine() or 'unknown CPU'
+    extensions = [label for flag, label in (('avx512f', 'AVX-512'), ('avx512_bf16', 'BF16'), ('amx_tile', 'AMX'))
+                  if flag in flags] or (['AVX2'] if 'avx2' in flags else [])
+    return f'{name} ({", ".join(extensions)})' if extensions else name
 
 
 def runtime_installed(runtime: str) -> bool:
@@ -68,7 +86,7 @@ def make_forward(model: nn.Module, path: str, *, device: torch.device = torch.de
         raise ValueError(f'unknown path {path!r}; choose from {list(ALL_PATHS)}')
     net = inference_form(model) if fuse else copy.deepcopy(model).eval()
     if base in ('openvino', 'onnxruntime'):
-        from lksmn_arch.export import OnnxModel, export_onnx
+        from lksmn_arch.inference.export import OnnxModel, export_onnx
         folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix='lksmn_latency_'))
         target = folder / f'{type(model).__name__}_{id(net)}_{base}.onnx'
         if base == 'openvino':
@@ -98,7 +116,7 @@ def _openvino_forward(net: nn.Module, onnx_path: Optional[Path], dtype: torch.dt
     gets OpenVINO's best."""
     import openvino as ov
 
-    from lksmn_arch.export import OpenVinoModel, openvino_compile, openvino_config, openvino_infer
+    from lksmn_arch.inference.export import OpenVinoModel, openvino_compile, openvino_config, openvino_infer
 
     precision = 'bf16' if dtype == torch.bfloat16 else 'fp32'
     exported = None

@@ -4,15 +4,18 @@ DIV2K cannot be downloaded everywhere, but about 155 camera photographs ship ins
 (GCompris' activity bundles, Enlightenment's wallpapers, Lomiri's wallpapers, Palapeli's puzzles,
 libjxl's test image). The manifest ``lksmn_arch/data/open_photos.json`` names each one used: package,
 version, path inside the package, member inside a bundle, author, licence, source, split, sha256 of the
-stored bytes and the downscale that turns it into an HR image.
+stored bytes and the downscale that turns it into an HR image. The validation split holds whole sources
+that no training photo comes from (Palapeli's puzzles, GCompris' underwater bundle, one photographer of
+Lomiri's wallpapers), so that it measures what photos from elsewhere get.
 
 ``lksmn-prepare open-photos --out DIR`` rebuilds the set::
 
     DIR/debs/                         the .deb files (apt-get download), unless --debs names a folder
-    DIR/photos/{train,test}/<id>.png  the normalised HR photos
+    DIR/photos/{train,val,test}/<id>.png  the normalised HR photos
     DIR/openphotos_train_HR_sub(.lmdb), DIR/openphotos_train_LR_bicubic_X{s}_sub(.lmdb)
                                       BasicSR sub-images of the training split (prepare_div2k)
-    DIR/openphotos_test/GTmod{s}, LRbicx{s}   the held-out benchmark split (prepare_benchmark)
+    DIR/openphotos_val/GTmod{s}, LRbicx{s}    the validation split, to choose recipes and checkpoints on
+    DIR/openphotos_test/GTmod{s}, LRbicx{s}   the held-out test split, scored once for the model card
     DIR/demo_heldout/GTmod{s}, LRbicx{s}      the demo's three held-out photos (scikit-image), likewise
     DIR/CREDITS.md                    every photo used, with its author and licence
 
@@ -31,7 +34,6 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import tarfile
 import tempfile
 import zlib
@@ -43,13 +45,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from lksmn_arch.atomic import replace_atomically
-from lksmn_arch.prepare import (PrepareError, SubImageSettings, prepare_benchmark, prepare_div2k,
+from lksmn_arch.utils.atomic import replace_atomically
+from lksmn_arch.data.sample_photos import TEST_PHOTOS, write_photos
+from lksmn_arch.data.prepare import (PrepareError, SubImageSettings, prepare_benchmark, prepare_div2k,
                                 write_png_atomic)
 
-MANIFEST = Path(__file__).parent / 'data' / 'open_photos.json'
+MANIFEST = Path(__file__).parent / 'open_photos.json'
 TRAIN_NAME = 'openphotos_train'
 TEST_FOLDER = 'openphotos_test'
+VAL_FOLDER = 'openphotos_val'  # the validation split: recipes and checkpoints are chosen on it, never on test
 DEMO_FOLDER = 'demo_heldout'  # the demo's three held-out photos (scikit-image), for the model card
 # 240x240 HR sub-images every 180 px: the smallest photos (512 px after downscaling) give sub-images,
 # and 240 is a multiple of lcm(2, 3, 4) = 12 (LR sub-images of 120, 80 and 60 px).
@@ -392,9 +396,9 @@ def prepare_open_photos(out: Path, debs: Optional[Path] = None, workers: int = 2
         raise PrepareError(f'--out {out} exists and is not a folder')
     photos = load_manifest(manifest)
     packages = {p.package: p.version for p in photos}
-    print(f'lksmn-prepare open-photos: {len(photos)} photos ({sum(p.split == "train" for p in photos)} train, '
-          f'{sum(p.split == "test" for p in photos)} test) from {len(packages)} Debian packages -> {out}/',
-          flush=True)
+    counts = ', '.join(f'{sum(p.split == split for p in photos)} {split}' for split in ('train', 'val', 'test'))
+    print(f'lksmn-prepare open-photos: {len(photos)} photos ({counts}) from {len(packages)} Debian packages '
+          f'-> {out}/', flush=True)
     if debs is None:
         debs = out / 'debs'
         print(f'[1/5] packages -> {debs}/ (apt-get download; present ones are kept)', flush=True)
@@ -405,28 +409,21 @@ def prepare_open_photos(out: Path, debs: Optional[Path] = None, workers: int = 2
             raise PrepareError(f'--debs {debs} is not a folder')
         print(f'[1/5] packages: reading the .deb files in {debs}/', flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    print('[2/5] photos -> photos/train/, photos/test/ (normalised HR PNG; finished ones are kept)', flush=True)
+    print('[2/5] photos -> photos/train/, photos/val/, photos/test/ (normalised HR PNG; finished ones are kept)',
+          flush=True)
     extract_photos(photos, debs, out)
     print('[3/5] training split: BasicSR sub-images', flush=True)
     train = prepare_div2k([out / 'photos' / 'train'], out, TRAIN_NAME, settings, workers=workers, lmdb=lmdb)
-    print('[4/5] held-out split: GTmod{s}/ and LRbicx{s}/', flush=True)
+    print('[4/5] validation and held-out splits: GTmod{s}/ and LRbicx{s}/', flush=True)
+    if any(p.split == 'val' for p in photos):
+        prepare_benchmark(out / 'photos' / 'val', out / VAL_FOLDER, settings.scales, workers=workers)
     prepare_benchmark(out / 'photos' / 'test', out / TEST_FOLDER, settings.scales, workers=workers)
     print("[5/5] the demo's held-out photos (scikit-image's astronaut, coffee, chelsea) -> demo_heldout/", flush=True)
-    from lksmn_arch.demo import TEST_PHOTOS, write_photos
     write_photos(out / 'photos' / 'demo_heldout', TEST_PHOTOS)
     prepare_benchmark(out / 'photos' / 'demo_heldout', out / DEMO_FOLDER, settings.scales, workers=1)
     credits = out / 'CREDITS.md'
     text = credits_text(photos)
     replace_atomically(credits, lambda temp: temp.write_text(text, encoding='utf-8'), durable=False)
     print(f'credits: {credits}', flush=True)
-    return {'train_hr': train.folders[0], 'test': out / TEST_FOLDER, 'demo_heldout': out / DEMO_FOLDER,
+    return {'train_hr': train.folders[0], 'val': out / VAL_FOLDER, 'test': out / TEST_FOLDER, 'demo_heldout': out / DEMO_FOLDER,
             'credits': credits, 'debs': debs}
-
-
-def main_open_photos(args) -> None:
-    """``lksmn-prepare open-photos`` (called by ``lksmn_arch.prepare.main``)."""
-    prepare_open_photos(args.out, debs=args.debs, workers=args.workers, lmdb=not args.no_lmdb)
-
-
-if __name__ == '__main__':  # pragma: no cover
-    sys.exit('use: lksmn-prepare open-photos --out DIR')

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lksmn_arch.complexity import resolve_device
+from lksmn_arch.archs.complexity import resolve_device
 
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 ALPHA_MODES = ('network', 'bicubic')
@@ -150,7 +150,7 @@ class Upscaler:
                                            memory_format=self.memory_format).eval()
             self._forward: Callable[[torch.Tensor], torch.Tensor] = self.model
             if compile:
-                from lksmn_arch.latency import compile_for_inference
+                from lksmn_arch.inference.latency import compile_for_inference
                 self._forward = compile_for_inference(self.model)
         else:
             runs_in = getattr(model, 'precision', 'fp32')
@@ -165,11 +165,11 @@ class Upscaler:
         """An Upscaler for the LKSMN checkpoint at ``path`` (see ``build_model_from_checkpoint``).
 
         Without ``path``, the model shipped in the package for ``scale`` (default 4) runs
-        (``lksmn_arch.pretrained.default_model``; ShippedModelError names the scales that have one).
+        (``lksmn_arch.weights.shipped.default_model``; ShippedModelError names the scales that have one).
         """
-        from lksmn_arch.checkpoint import build_model_from_checkpoint
+        from lksmn_arch.utils.checkpoint import build_model_from_checkpoint
         if path is None:
-            from lksmn_arch.pretrained import default_model
+            from lksmn_arch.weights.shipped import default_model
             path = str(default_model(kwargs.get('scale') or 4).path)
         model, _ = build_model_from_checkpoint(path)
         return cls(model, **kwargs)

@@ -1,0 +1,188 @@
+"""Recipe study: LKSMN x4 trained with several recipes for the same wall-clock budget, scored on the validation split.
+
+Each recipe (``RECIPES``: LR patch, batch, learning rate, EMA) becomes an option file made from
+``options/train_LKSMN_x4_openphotos.yml`` (cosine schedule over the whole run, validation on the open-photos
+validation split eight times per run, the fastest training path of this machine: ``train.precision`` and
+``train.channels_last`` left at auto) and runs through ``lksmn-train --auto_resume`` at a lower priority
+(``nice``), one after the other, so that a stopped study continues where it was.
+
+Equal wall-clock on a shared machine: a run's iteration budget is ``--minutes`` divided by the time of one
+iteration of its LR patch and batch, read from a ``benchmarks/train_speed.py`` JSON measured on this machine
+while it was quiet (BasicSR's LMDB dataloader rows when present). So every recipe gets the iterations it would
+run in that many minutes alone on the machine, whatever else runs beside the study.
+
+    .venv/bin/python benchmarks/train_speed.py --data /work/openphotos --patches 16 24 32 48 \\
+        --networks LKSMN --json /work/study/speed.json
+    .venv/bin/python benchmarks/recipe_study.py --data /work/openphotos --speed /work/study/speed.json \\
+        --minutes 20 --out /work/study --json benchmarks/results/recipe_study_x4.json \\
+        --markdown benchmarks/results/recipe_study_x4.md
+
+The test split is never read: recipes are chosen on the validation split only.
+"""
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = REPO / 'options' / 'train_LKSMN_x4_openphotos.yml'
+SCALE = 4
+VAL_TIMES = 8  # validations per run: the learning curve
+
+# name -> (LR patch, batch, learning rate, EMA decay)
+RECIPES: Dict[str, Tuple[int, int, float, float]] = {
+    'p16_b8_lr2e-3': (16, 8, 2e-3, 0.0),
+    'p24_b8_lr2e-3': (24, 8, 2e-3, 0.0),
+    'p32_b8_lr2e-3': (32, 8, 2e-3, 0.0),
+    'p48_b8_lr2e-3': (48, 8, 2e-3, 0.0),
+    'p16_b16_lr2e-3': (16, 16, 2e-3, 0.0),
+    'p16_b8_lr1e-3': (16, 8, 1e-3, 0.0),
+    'p16_b8_lr4e-3': (16, 8, 4e-3, 0.0),
+    'p32_b16_lr1e-3_ema': (32, 16, 1e-3, 0.999),  # the shipped model's recipe
+}
+
+
+def seconds_per_iteration(speed: Dict[str, Any], patch: int, batch: int) -> float:
+    """One LKSMN training iteration of this patch and batch on the fastest path measured (dataloader rows first)."""
+    rows = [r for r in speed['rows'] if r['network'] == 'LKSMN' and r['lr_patch'] == patch and r['batch'] == batch]
+    loaded = [r for r in rows if r['loader'] == 'LMDB dataloader']
+    rows = loaded or rows
+    if not rows:
+        raise SystemExit(f'recipe_study.py: error: the speed file has no LKSMN row for LR patch {patch}, batch '
+                         f'{batch} (run benchmarks/train_speed.py --patches {patch} --batch {batch})')
+    return min(r['ms_per_iter'] for r in rows) / 1000
+
+
+def recipe_options(name: str, data: Path, iterations: int) -> Dict[str, Any]:
+    """The option file of one recipe."""
+    patch, batch, lr, ema = RECIPES[name]
+    opt = yaml.safe_load(TEMPLATE.read_text())
+    opt['name'] = f'study_{name}'
+    train = opt['datasets']['train']
+    train['dataroot_gt'] = str(data / 'openphotos_train_HR_sub.lmdb')
+    train['dataroot_lq'] = str(data / f'openphotos_train_LR_bicubic_X{SCALE}_sub.lmdb')
+    train['gt_size'] = patch * SCALE
+    train['batch_size_per_gpu'] = batch
+    opt['datasets']['val'] = {'name': 'openphotos_val', 'type': 'PairedImageDataset',
+                              'dataroot_gt': str(data / 'openphotos_val' / f'GTmod{SCALE}'),
+                              'dataroot_lq': str(data / 'openphotos_val' / f'LRbicx{SCALE}'),
+                              'io_backend': {'type': 'disk'}}
+    opt['train']['ema_decay'] = ema
+    opt['train']['optim_g']['lr'] = lr
+    opt['train']['scheduler']['periods'] = [iterations]
+    opt['train']['total_iter'] = iterations
+    every = max(1, iterations // VAL_TIMES)
+    opt['val']['val_freq'] = every
+    opt['logger']['save_checkpoint_freq'] = every
+    opt['logger']['print_freq'] = max(1, min(200, every))
+    return opt
+
+
+PSNR = re.compile(r'# psnr: ([0-9.]+)')
+
+
+def learning_curve(log_text: str, val_every: int) -> List[Dict[str, float]]:
+    """(iteration, validation PSNR) pairs from a BasicSR training log, in order: BasicSR validates at every
+    multiple of ``val.val_freq`` (and once more after the last iteration, which repeats the final one)."""
+    values = [float(m.group(1)) for m in PSNR.finditer(log_text)]
+    return [{'iter': (k + 1) * val_every, 'psnr': v} for k, v in enumerate(values[:VAL_TIMES])]
+
+
+def bicubic_psnr(data: Path) -> float:
+    """MATLAB-bicubic PSNR (Y, border 4) of the validation split: the baseline of every gain."""
+    sys.path.insert(0, str(REPO))
+    import lksmn_arch  # noqa: F401
+    from basicsr.metrics import calculate_psnr
+    from lksmn_arch.data.prepare import bicubic_upscale
+    values = []
+    for gt_path in sorted((data / 'openphotos_val' / f'GTmod{SCALE}').glob('*.png')):
+        gt = cv2.imread(str(gt_path))
+        lr = cv2.imread(str(data / 'openphotos_val' / f'LRbicx{SCALE}' / gt_path.name))
+        values.append(calculate_psnr(bicubic_upscale(lr, SCALE), gt, SCALE, input_order='HWC', test_y_channel=True))
+    return sum(values) / len(values)
+
+
+def run_recipe(name: str, data: Path, out: Path, iterations: int, nice: int) -> Dict[str, Any]:
+    """Train one recipe (resuming if it ran before) and read its learning curve from its logs."""
+    option_file = out / 'options' / f'study_{name}.yml'
+    option_file.parent.mkdir(parents=True, exist_ok=True)
+    option_file.write_text(yaml.safe_dump(recipe_options(name, data, iterations), sort_keys=False))
+    experiment = out / 'experiments' / f'study_{name}'
+    done = experiment / 'models' / 'net_g_latest.pth'
+    started = time.time()
+    if not done.exists():
+        command = ['nice', '-n', str(nice), str(Path(sys.executable).parent / 'lksmn-train'), '-opt',
+                   str(option_file), '--auto_resume']
+        print(f'[{name}] {iterations} iterations: {" ".join(command)}', flush=True)
+        with open(out / f'study_{name}.console.log', 'a') as console:
+            status = subprocess.run(command, cwd=out, stdout=console, stderr=subprocess.STDOUT).returncode
+        if status != 0:
+            raise SystemExit(f'recipe_study.py: error: {name} exited with status {status} '
+                             f'(see {out / f"study_{name}.console.log"}); run again to resume')
+    logs = sorted(experiment.glob('train_study_*.log'))
+    text = '\n'.join(p.read_text(errors='replace') for p in logs)
+    patch, batch, lr, ema = RECIPES[name]
+    return {'recipe': name, 'lr_patch': patch, 'batch': batch, 'lr': lr, 'ema_decay': ema, 'iterations': iterations,
+            'curve': learning_curve(text, max(1, iterations // VAL_TIMES)), 'wall_s_this_call': round(time.time() - started)}
+
+
+def format_table(results: Dict[str, Any]) -> str:
+    lines = [f'LKSMN x4, {results["minutes"]} minutes of this machine\'s quiet time per recipe ({results["cpu"]}), '
+             f'scored on the open-photos validation split ({results["val_images"]} photos, Y, border 4; '
+             f'MATLAB bicubic {results["bicubic_psnr"]:.2f} dB). Command: `{results["command"]}`', '',
+             '| recipe | LR patch | batch | lr | EMA | iterations | best val PSNR (at iter) | final val PSNR | '
+             'final gain over bicubic |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+    for r in results['runs']:
+        if not r['curve']:
+            continue
+        best = max(r['curve'], key=lambda c: c['psnr'])
+        final = r['curve'][-1]['psnr']
+        lines.append(f'| {r["recipe"]} | {r["lr_patch"]} | {r["batch"]} | {r["lr"]:g} | {r["ema_decay"] or "none"} | '
+                     f'{r["iterations"]} | {best["psnr"]:.3f} ({best["iter"]}) | {final:.3f} | '
+                     f'{final - results["bicubic_psnr"]:+.2f} |')
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog='recipe_study.py', description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--data', type=Path, required=True, help='an lksmn-prepare open-photos folder')
+    parser.add_argument('--speed', type=Path, required=True, help="train_speed.py's JSON, measured quietly here")
+    parser.add_argument('--minutes', type=float, default=20, help='quiet wall-clock budget per recipe (default 20)')
+    parser.add_argument('--recipes', nargs='+', default=list(RECIPES)[:4], choices=list(RECIPES))
+    parser.add_argument('--out', type=Path, required=True, help='where the runs go (outside the repository)')
+    parser.add_argument('--nice', type=int, default=10, help='niceness of the training runs (default 10)')
+    parser.add_argument('--json', type=Path, help='write the results here')
+    parser.add_argument('--markdown', type=Path, help='write the table here')
+    args = parser.parse_args(argv)
+    data, out = args.data.resolve(), args.out.resolve()
+    if not (data / 'openphotos_val' / f'GTmod{SCALE}').is_dir():
+        parser.error(f'--data {data} has no openphotos_val/GTmod{SCALE} (run lksmn-prepare open-photos)')
+    speed = json.loads(args.speed.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    results: Dict[str, Any] = {'minutes': args.minutes, 'cpu': speed['cpu'], 'speed_file': str(args.speed),
+                               'command': 'python benchmarks/recipe_study.py ' + ' '.join(sys.argv[1:]),
+                               'val_images': len(list((data / 'openphotos_val' / f'GTmod{SCALE}').glob('*.png'))),
+                               'bicubic_psnr': round(bicubic_psnr(data), 4), 'runs': []}
+    for name in args.recipes:
+        patch, batch, _, _ = RECIPES[name]
+        iterations = int(round(args.minutes * 60 / seconds_per_iteration(speed, patch, batch), -1))
+        results['runs'].append(run_recipe(name, data, out, iterations, args.nice))
+        table = format_table(results)
+        print(table, flush=True)
+        for path, text in ((args.json, json.dumps(results, indent=1) + '\n'), (args.markdown, table)):
+            if path:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The recipe study's bookkeeping: budgets from a speed file, learning curves from BasicSR's log, option files."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+
+import recipe_study  # noqa: E402
+
+LOG = """2026-12-02 11:40:01,000 INFO: [study..][epoch:  0, iter:   1,000, lr:(1.9e-03,)] [eta: 0:10:00] l_pix: 3e-02
+2026-12-02 11:40:05,000 INFO: Validation openphotos_val
+\t # psnr: 31.5000\tBest: 31.5000 @ 1000 iter
+2026-12-02 11:45:05,000 INFO: Validation openphotos_val
+\t # psnr: 32.2500\tBest: 32.2500 @ 2000 iter
+2026-12-02 11:45:09,000 INFO: Validation openphotos_val
+\t # psnr: 32.2500\tBest: 32.2500 @ 2000 iter
+"""
+
+
+def test_learning_curve_reads_each_validation_at_its_iteration_and_drops_the_final_repeat(monkeypatch):
+    monkeypatch.setattr(recipe_study, 'VAL_TIMES', 2)
+    assert recipe_study.learning_curve(LOG, 1000) == [{'iter': 1000, 'psnr': 31.5}, {'iter': 2000, 'psnr': 32.25}]
+
+
+def test_budget_is_the_quiet_time_of_one_iteration_of_that_patch_and_batch_with_data_loading_first():
+    speed = {'rows': [
+        {'network': 'LKSMN', 'lr_patch': 16, 'batch': 8, 'loader': 'random tensors', 'ms_per_iter': 90.0},
+        {'network': 'LKSMN', 'lr_patch': 16, 'batch': 8, 'loader': 'LMDB dataloader', 'ms_per_iter': 120.0},
+        {'network': 'LKSMN', 'lr_patch': 16, 'batch': 8, 'loader': 'LMDB dataloader', 'ms_per_iter': 130.0}]}
+    assert recipe_study.seconds_per_iteration(speed, 16, 8) == pytest.approx(0.12)
+    with pytest.raises(SystemExit, match='LR patch 32, batch 8'):
+        recipe_study.seconds_per_iteration(speed, 32, 8)
+
+
+def test_recipe_options_validate_on_the_validation_split_never_the_test_split(tmp_path):
+    opt = recipe_study.recipe_options('p24_b8_lr2e-3', tmp_path, 4000)
+    assert opt['datasets']['train']['gt_size'] == 96 and opt['datasets']['train']['batch_size_per_gpu'] == 8
+    assert 'openphotos_val' in opt['datasets']['val']['dataroot_gt']
+    assert 'openphotos_test' not in str(opt['datasets'])
+    assert opt['train']['total_iter'] == 4000 and opt['train']['scheduler']['periods'] == [4000]
+    assert opt['val']['val_freq'] == 4000 // recipe_study.VAL_TIMES
