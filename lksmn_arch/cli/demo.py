@@ -1,5 +1,5 @@
-"""``lksmn-demo``: the embedded demo (``lksmn_arch.training.demo.run_demo``): train LKSMN x4 on scikit-image's photos and
-score it against bicubic."""
+"""``lksmn-demo``: the embedded demo (``lksmn_arch.training.demo.run_demo``): train LKSMN x4 on scikit-image's
+photos and score it against bicubic."""
 import argparse
 import shutil
 import sys
