@@ -50,8 +50,10 @@ RECIPES: Dict[str, Tuple[int, int, float, float]] = {
 
 
 def seconds_per_iteration(speed: Dict[str, Any], patch: int, batch: int) -> float:
-    """One LKSMN training iteration of this patch and batch on the fastest path measured (dataloader rows first)."""
-    rows = [r for r in speed['rows'] if r['network'] == 'LKSMN' and r['lr_patch'] == patch and r['batch'] == batch]
+    """One LKSMN training iteration of this patch and batch on the path lksmn-train takes by default here
+    (``default_path`` of the speed file; in older files without it, the fastest eager path), dataloader rows first."""
+    rows = [r for r in speed['rows'] if r['network'] == 'LKSMN' and r['lr_patch'] == patch and r['batch'] == batch
+            and r['path'] == speed.get('default_path', r['path']) and 'compiled' not in r['path']]
     loaded = [r for r in rows if r['loader'] == 'LMDB dataloader']
     rows = loaded or rows
     if not rows:

@@ -36,7 +36,7 @@ import lksmn_arch  # noqa: E402,F401  (compatibility fixes before basicsr; regis
 
 from lksmn_arch.utils.atomic import replace_atomically  # noqa: E402
 from lksmn_arch.inference.latency import cpu_name  # noqa: E402
-from lksmn_arch.models.lksmn_model import LKSMNModel, cpu_has_native_bf16  # noqa: E402
+from lksmn_arch.models.lksmn_model import LKSMNModel, cpu_has_native_bf16, training_path  # noqa: E402
 
 NETWORKS = {'LKSMN': {'type': 'LKSMN'}, 'SAFMN': {'type': 'SpandrelSAFMN'}}
 
@@ -50,6 +50,13 @@ def paths_for(device: str, compile_too: bool) -> Dict[str, Dict[str, Any]]:
     if compile_too:
         paths['fp32 channels_last compiled'] = {'precision': 'fp32', 'channels_last': True, 'compile': True}
     return paths
+
+
+def auto_path_name(device: str) -> str:
+    """The name (as in ``paths_for``) of the path ``train.precision: auto`` and ``train.channels_last: auto``
+    take on ``device``: what ``lksmn-train`` runs by default."""
+    channels_last, dtype, _ = training_path({}, device)
+    return f'{"bf16" if dtype == torch.bfloat16 else "fp32"} {"channels_last" if channels_last else "NCHW"}'
 
 
 def model_options(network: Dict[str, Any], path: Dict[str, Any], scale: int, folder: Path,
@@ -83,7 +90,9 @@ def build(network: str, path: Dict[str, Any], scale: int, folder: Path, device: 
     with quiet():
         model = LKSMNModel(model_options(NETWORKS[network], path, scale, folder, device))
     if path.get('compile'):
-        model.net_g = torch.compile(model.net_g)
+        # static shapes: each configuration has one input shape, and inductor's automatic dynamic shapes (after a
+        # second shape of the same forward) fail on this network in torch 2.13
+        model.net_g = torch.compile(model.net_g, dynamic=False)
     return model
 
 
@@ -173,6 +182,7 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
                         print(f'  {network:6s} {path_name:28s} {median * 1000:8.1f} ms/iter', flush=True)
                     del configs
     return {'device': device, 'cpu': cpu_name(), 'native_bf16': cpu_has_native_bf16(),
+            'default_path': auto_path_name(device),
             'torch': torch.__version__, 'python': platform.python_version(), 'scale': args.scale,
             'rounds': args.rounds, 'iters': args.iters, 'warmup': args.warmup,
             'command': 'python benchmarks/train_speed.py ' + ' '.join(sys.argv[1:]), 'rows': rows}

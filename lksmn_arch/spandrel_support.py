@@ -19,7 +19,7 @@ Precision flags, as measured (``benchmarks/model_card.py``, docs/models.md): bf1
 from typing import Any, Dict
 
 from lksmn_arch.archs.lksmn_arch import LKSMN
-from lksmn_arch.utils.checkpoint import REQUIRED_KEYS, infer_lksmn_config
+from lksmn_arch.utils.checkpoint import REQUIRED_KEYS, check_weights, infer_lksmn_config
 
 ARCH_ID = 'LKSMN'
 SUPPORTS_HALF = True  # measured: docs/models.md, "precision"
@@ -47,6 +47,7 @@ def _architecture_class():
             super().__init__(id=ARCH_ID, name='LKSMN', detect=detect)
 
         def load(self, state_dict: Dict[str, Any]) -> 'ImageModelDescriptor[LKSMN]':
+            check_weights(state_dict, 'given to spandrel')  # the checks lksmn-upscale makes: no NaN, no int8
             config = infer_lksmn_config(state_dict)
             model = LKSMN(**config)
             model.load_state_dict(state_dict, strict=True)

@@ -264,11 +264,17 @@ def test_an_animated_image_is_refused_naming_its_frames(checkpoint, tmp_path, ca
     assert 'it has 3 frames' in capsys.readouterr().err
 
 
-def test_tiles_far_smaller_than_their_padding_get_a_warning(checkpoint, photos, tmp_path):
+def test_tiles_far_smaller_than_their_padding_are_refused_and_small_ones_get_a_warning(checkpoint, photos, tmp_path,
+                                                                                        capsys):
+    assert upscale_cli.main(['-i', str(photos), '-o', str(tmp_path / 'out'), '-m', str(checkpoint), '--tile', '1',
+                             '--quiet']) == 2
+    err = capsys.readouterr().err
+    assert _one_line(err) and '--tile 1 with --tile-pad 32' in err and '4225x' in err
+    assert not (tmp_path / 'out').exists()  # refused before anything was written
     lines = []
-    upscale.upscale_paths(photos, tmp_path / 'out', checkpoint, tile=1, backend='torch', progress=False,
+    upscale.upscale_paths(photos, tmp_path / 'out1', checkpoint, tile=16, backend='torch', progress=False,
                           log=lines.append)
-    assert any(line.startswith('warning: --tile 1 with --tile-pad 32') and '4225x' in line for line in lines)
+    assert any(line.startswith('warning: --tile 16 with --tile-pad 32') and '25x' in line for line in lines)
     lines.clear()
     upscale.upscale_paths(photos, tmp_path / 'out2', checkpoint, tile=128, backend='torch', progress=False,
                           log=lines.append)

@@ -169,7 +169,7 @@ def test_image_layouts_keep_their_channels(model):
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(tile=-1), 'tile must be'), (dict(tile_pad=2.5), 'tile_pad must be'), (dict(precision='int8'), 'precision'),
+    (dict(tile=-1), 'tile must be'), (dict(tile_pad=2.5), 'tile-pad must be'), (dict(precision='int8'), 'precision'),
 ])
 def test_bad_options_are_refused_naming_the_option(kwargs, message):
     with pytest.raises(ValueError, match=message):

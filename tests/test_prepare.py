@@ -304,10 +304,10 @@ def test_benchmark_with_several_workers_writes_the_same_files_as_one_process(tmp
 
 def test_missing_hr_folder_is_named_in_the_error(tmp_path, capsys):
     missing = tmp_path / 'no_such_folder'
-    assert prepare_cli.main(['div2k', '--hr', str(missing), '--out', str(tmp_path / 'out'), '--name', 'T']) == 1
+    assert prepare_cli.main(['div2k', '--hr', str(missing), '--out', str(tmp_path / 'out'), '--name', 'T']) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and 'does not exist' in err
-    assert prepare_cli.main(['benchmark', '--hr', str(missing), '--out', str(tmp_path / 'out')]) == 1
+    assert prepare_cli.main(['benchmark', '--hr', str(missing), '--out', str(tmp_path / 'out')]) == 2
     assert str(missing) in capsys.readouterr().err
 
 
@@ -315,7 +315,7 @@ def test_hr_folder_without_images_is_named_in_the_error(tmp_path, capsys):
     empty = tmp_path / 'empty'
     make_folder(empty, {})
     (empty / 'notes.txt').write_text('not an image')
-    assert prepare_cli.main(['div2k', '--hr', str(empty), '--out', str(tmp_path / 'out'), '--name', 'T']) == 1
+    assert prepare_cli.main(['div2k', '--hr', str(empty), '--out', str(tmp_path / 'out'), '--name', 'T']) == 2
     err = capsys.readouterr().err
     assert str(empty) in err and 'no images' in err
 
@@ -354,7 +354,7 @@ def test_same_file_name_in_two_hr_folders_is_refused_naming_both(tmp_path):
 def test_crop_that_is_not_a_multiple_of_the_scales_lcm_is_refused(tmp_path, capsys):
     hr = make_folder(tmp_path / 'hr', {'0001.png': astronaut(48, 48)})
     assert prepare_cli.main(['div2k', '--hr', str(hr), '--out', str(tmp_path / 'out'), '--name', 'T',
-                         '--crop', '50']) == 1
+                         '--crop', '50']) == 2
     assert 'multiples of 12' in capsys.readouterr().err
     assert not (tmp_path / 'out').exists()
 
@@ -374,10 +374,10 @@ def test_help_explains_the_output_layout(capsys):
         assert all(word in out for word in words), command
 
 
-def test_module_command_exits_with_status_1_and_names_the_missing_folder(tmp_path):
+def test_module_command_exits_with_status_2_and_names_the_missing_folder(tmp_path):
     missing = tmp_path / 'missing'
     result = subprocess.run([sys.executable, '-m', 'lksmn_arch.cli.prepare', 'benchmark', '--hr', str(missing),
                              '--out', str(tmp_path / 'out')], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert f'lksmn-prepare: error: HR folder {missing} does not exist' in result.stderr
     assert 'Traceback' not in result.stderr

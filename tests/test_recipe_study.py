@@ -23,12 +23,16 @@ def test_learning_curve_reads_each_validation_at_its_iteration_and_drops_the_fin
     assert recipe_study.learning_curve(LOG, 1000) == [{'iter': 1000, 'psnr': 31.5}, {'iter': 2000, 'psnr': 32.25}]
 
 
-def test_budget_is_the_quiet_time_of_one_iteration_of_that_patch_and_batch_with_data_loading_first():
-    speed = {'rows': [
-        {'network': 'LKSMN', 'lr_patch': 16, 'batch': 8, 'loader': 'random tensors', 'ms_per_iter': 90.0},
-        {'network': 'LKSMN', 'lr_patch': 16, 'batch': 8, 'loader': 'LMDB dataloader', 'ms_per_iter': 120.0},
-        {'network': 'LKSMN', 'lr_patch': 16, 'batch': 8, 'loader': 'LMDB dataloader', 'ms_per_iter': 130.0}]}
+def test_budget_is_the_quiet_time_of_one_iteration_on_the_default_path_with_data_loading_first():
+    row = {'network': 'LKSMN', 'lr_patch': 16, 'batch': 8}
+    speed = {'default_path': 'bf16 channels_last', 'rows': [
+        {**row, 'path': 'bf16 channels_last', 'loader': 'random tensors', 'ms_per_iter': 90.0},
+        {**row, 'path': 'bf16 channels_last', 'loader': 'LMDB dataloader', 'ms_per_iter': 120.0},
+        {**row, 'path': 'fp32 NCHW', 'loader': 'LMDB dataloader', 'ms_per_iter': 110.0},
+        {**row, 'path': 'bf16 channels_last compiled', 'loader': 'LMDB dataloader', 'ms_per_iter': 60.0}]}
     assert recipe_study.seconds_per_iteration(speed, 16, 8) == pytest.approx(0.12)
+    del speed['default_path']  # an older file: the fastest eager path
+    assert recipe_study.seconds_per_iteration(speed, 16, 8) == pytest.approx(0.11)
     with pytest.raises(SystemExit, match='LR patch 32, batch 8'):
         recipe_study.seconds_per_iteration(speed, 32, 8)
 

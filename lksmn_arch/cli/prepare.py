@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``lksmn-prepare``; returns the exit status (1: error, explained on stderr)."""
+    """Entry point of ``lksmn-prepare``; returns the exit status (2: input refused, 1: the work failed; one line
+    on stderr either way)."""
     args = build_parser().parse_args(argv)
     if args.workers < 1:
         print('lksmn-prepare: error: --workers must be at least 1', file=sys.stderr)
@@ -153,6 +154,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               skip_unreadable=args.skip_unreadable)
     except PrepareError as error:
         print(f'lksmn-prepare: error: {error}', file=sys.stderr)
+        return error.exit_status
+    except OSError as error:  # a folder that cannot be created or written (read-only filesystem, full disk)
+        where = error.filename or args.out
+        print(f'lksmn-prepare: error: cannot write {where} ({error.strerror or error}); finished images are kept',
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print('\nlksmn-prepare: interrupted; re-run the same command to resume', file=sys.stderr)

@@ -5,7 +5,8 @@ import sys
 from typing import Optional, Sequence
 
 from lksmn_arch.inference.upscaler import ALPHA_MODES, PRECISIONS
-from lksmn_arch.inference.files import BACKENDS, DEFAULT_MAX_PIXELS, DEVICES, OUTPUT_EXTENSIONS, upscale_paths
+from lksmn_arch.inference.files import (BACKENDS, DEFAULT_MAX_PIXELS, DEVICES, OUTPUT_EXTENSIONS, parse_max_pixels,
+                                        upscale_paths)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'of seconds on a CPU), so it pays off for many images of one size or for --tile; see the '
                         'README\'s speed section')
     parser.add_argument('--overwrite', action='store_true', help='replace output files that exist (default: skip them)')
-    parser.add_argument('--max-pixels', type=float, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument('--max-pixels', default=str(DEFAULT_MAX_PIXELS),
                         help=f'refuse inputs with more pixels than this, checked from the header before decoding '
                         f'(default {DEFAULT_MAX_PIXELS:.0e})')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
@@ -61,11 +62,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``lksmn-upscale``: 0 if every image was written, 1 if some failed, 2 on set-up errors."""
     args = build_parser().parse_args(argv)
     try:
+        max_pixels = parse_max_pixels(args.max_pixels)
         report = upscale_paths(args.input, args.output, args.model, tile=args.tile, tile_pad=args.tile_pad,
                                device=args.device, precision=args.precision, tta=args.tta, suffix=args.suffix,
                                ext=args.ext, backend=args.backend, alpha=args.alpha, progress=not args.quiet,
                                compile=args.compile, scale=args.scale, overwrite=args.overwrite,
-                               max_pixels=int(args.max_pixels), log=None if args.quiet else print)
+                               max_pixels=max_pixels, log=None if args.quiet else print)
     except (OSError, ValueError) as error:
         if args.debug:
             raise

@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from lksmn_arch.utils.atomic import replace_atomically
 from lksmn_arch.data.sample_photos import TEST_PHOTOS, write_photos
-from lksmn_arch.data.prepare import (PrepareError, SubImageSettings, prepare_benchmark, prepare_div2k,
+from lksmn_arch.data.prepare import (PrepareError, PrepareFailure, SubImageSettings, prepare_benchmark, prepare_div2k,
                                 write_png_atomic)
 
 MANIFEST = Path(__file__).parent / 'open_photos.json'
@@ -282,7 +282,7 @@ def download_debs(packages: Dict[str, str], folder: Path) -> None:
         return
     apt = shutil.which('apt-get')
     if apt is None:
-        raise PrepareError('apt-get not found: on a machine without apt, download these Debian bookworm packages '
+        raise PrepareFailure('apt-get not found: on a machine without apt, download these Debian bookworm packages '
                            'elsewhere and pass their folder with --debs: '
                            + ', '.join(f'{p}={v}' for p, v in sorted(missing.items())))
     folder.mkdir(parents=True, exist_ok=True)
@@ -293,7 +293,7 @@ def download_debs(packages: Dict[str, str], folder: Path) -> None:
                                   stderr=subprocess.STDOUT, text=True)
             if done.returncode != 0:
                 last = (done.stdout.strip().splitlines() or ['no output'])[-1]
-                raise PrepareError(f'apt-get download {package}={version} failed: {last} (run apt-get update '
+                raise PrepareFailure(f'apt-get download {package}={version} failed: {last} (run apt-get update '
                                    'first, or pass a folder of downloaded .deb files with --debs)')
             for made in Path(temp).glob(f'{package}_*.deb'):
                 os.replace(made, folder / made.name)
@@ -365,9 +365,25 @@ def extract_photos(photos: Sequence[Photo], debs: Path, out: Path) -> None:
                 bar.update()
 
 
+CREDITS_TITLE = '# Credits: the open-photos data set'
+
+
+def check_credits_target(credits: Path) -> None:
+    """PrepareError unless ``credits`` is absent or a CREDITS.md this command wrote (its title line): a file
+    of the user's under that name is never replaced."""
+    if credits.is_symlink() or (credits.exists() and not credits.is_file()):
+        raise PrepareError(f'{credits} exists and is not a plain file: move it away or choose another --out')
+    if credits.exists():
+        with open(credits, 'rb') as handle:
+            first = handle.readline(len(CREDITS_TITLE) + 2).decode('utf-8', 'replace').strip()
+        if first != CREDITS_TITLE:
+            raise PrepareError(f'{credits} exists and was not written by lksmn-prepare open-photos: move it away '
+                               'or choose another --out (it is left as it is)')
+
+
 def credits_text(photos: Sequence[Photo]) -> str:
     """CREDITS.md: every photo with its author, licence, source and package."""
-    lines = ['# Credits: the open-photos data set', '',
+    lines = [CREDITS_TITLE, '',
              'Every photograph below was taken from the Debian package named, at the version named, and '
              'normalised by lksmn-prepare open-photos (downscale 2 = halved with INTER_AREA). Licences as '
              'stated by the package (its copyright file, README or metadata).', '',
@@ -395,6 +411,8 @@ def prepare_open_photos(out: Path, debs: Optional[Path] = None, workers: int = 2
     if out.exists() and not out.is_dir():
         raise PrepareError(f'--out {out} exists and is not a folder')
     photos = load_manifest(manifest)
+    credits = out / 'CREDITS.md'
+    check_credits_target(credits)
     packages = {p.package: p.version for p in photos}
     counts = ', '.join(f'{sum(p.split == split for p in photos)} {split}' for split in ('train', 'val', 'test'))
     print(f'lksmn-prepare open-photos: {len(photos)} photos ({counts}) from {len(packages)} Debian packages '
@@ -421,7 +439,6 @@ def prepare_open_photos(out: Path, debs: Optional[Path] = None, workers: int = 2
     print("[5/5] the demo's held-out photos (scikit-image's astronaut, coffee, chelsea) -> demo_heldout/", flush=True)
     write_photos(out / 'photos' / 'demo_heldout', TEST_PHOTOS)
     prepare_benchmark(out / 'photos' / 'demo_heldout', out / DEMO_FOLDER, settings.scales, workers=1)
-    credits = out / 'CREDITS.md'
     text = credits_text(photos)
     replace_atomically(credits, lambda temp: temp.write_text(text, encoding='utf-8'), durable=False)
     print(f'credits: {credits}', flush=True)

@@ -30,6 +30,7 @@ renamed into place only when complete, so an LMDB under its final name is comple
 alone. Each output folder records its settings in a hidden ``.lksmn-prepare.json``; a re-run with
 different settings is refused (``--overwrite`` deletes this run's outputs and redoes them).
 """
+import errno
 import functools
 import json
 import math
@@ -63,10 +64,21 @@ LMDB_TEMP_PREFIX = '.tmp-'
 DEFAULT_SCALES = (2, 3, 4)
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 STATUSES = ('written', 'skipped', 'too_small', 'unreadable', 'failed')
+# write errors that no other image would escape: the run stops at the first one instead of trying them all
+SYSTEMATIC_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 class PrepareError(Exception):
-    """A problem with the input or the existing output, explained for the user."""
+    """A problem with the input or the existing output, explained for the user (exit status 2)."""
+
+    exit_status = 2
+
+
+class PrepareFailure(PrepareError):
+    """The input was accepted but the work failed (images that could not be processed, a full disk, a
+    download that failed): exit status 1."""
+
+    exit_status = 1
 
 
 class UnreadableImageError(PrepareError):
@@ -111,6 +123,7 @@ class ImageResult:
     status: str
     names: List[str] = field(default_factory=list)
     message: str = ''
+    systematic: bool = False  # a failure every other image would meet too (full disk, read-only folder)
 
 
 @dataclass
@@ -192,8 +205,7 @@ def write_png_atomic(img: np.ndarray, path: Path, compression: int = PNG_COMPRES
     ok, encoded = cv2.imencode('.png', np.ascontiguousarray(img), [cv2.IMWRITE_PNG_COMPRESSION, compression])
     if not ok:
         raise OSError(f'OpenCV could not encode {path.name}')
-    replace_atomically(path, lambda temp: temp.write_bytes(encoded.tobytes()),
-                       temporary=path.with_name(f'.{path.name}.{os.getpid()}{TEMP_SUFFIX}'), durable=False)
+    replace_atomically(path, lambda temp: temp.write_bytes(encoded.tobytes()), suffix=TEMP_SUFFIX, durable=False)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -265,7 +277,16 @@ def extract_subimages(source: str, settings: SubImageSettings, out: str, name: s
             written = True
         return ImageResult(source, 'written' if written else 'skipped', names)
     except Exception as error:  # reported by the main process with the file name
-        return ImageResult(source, 'failed', message=f'{path}: {type(error).__name__}: {error}')
+        return _failure(source, path, error)
+
+
+def _failure(source: str, path: Path, error: Exception) -> ImageResult:
+    """The ``failed`` result of one image; a write error every image would meet is marked ``systematic``."""
+    if isinstance(error, OSError) and error.errno in SYSTEMATIC_ERRNOS:
+        where = Path(error.filename).parent if error.filename else 'the output folder'
+        return ImageResult(source, 'failed', systematic=True,
+                           message=f'cannot write to {where} ({error.strerror}); stopped at {path.name}')
+    return ImageResult(source, 'failed', message=f'{path}: {type(error).__name__}: {error}')
 
 
 def make_benchmark_pair(source: str, scales: Tuple[int, ...], out: str) -> ImageResult:
@@ -292,7 +313,7 @@ def make_benchmark_pair(source: str, scales: Tuple[int, ...], out: str) -> Image
             written = True
         return ImageResult(source, 'written' if written else 'skipped', [file_name])
     except Exception as error:  # reported by the main process with the file name
-        return ImageResult(source, 'failed', message=f'{path}: {type(error).__name__}: {error}')
+        return _failure(source, path, error)
 
 
 def _init_worker() -> None:
@@ -311,6 +332,9 @@ def run_images(work: Callable[[str], ImageResult], sources: Sequence[str], worke
     with tqdm(total=len(sources), desc=desc, unit='img', dynamic_ncols=True) as bar:
 
         def record(result: ImageResult) -> None:
+            if result.systematic:  # leaving the pool's context terminates the other workers
+                raise PrepareFailure(f'{result.message}; finished images are kept: free space or fix the '
+                                   'permissions, then re-run the same command to resume')
             results.append(result)
             counts[result.status] += 1
             bar.set_postfix({k.replace('_', ' '): v for k, v in counts.items() if v}, refresh=False)
@@ -387,8 +411,8 @@ def _read_manifest(folder: Path) -> Optional[dict]:
 
 def _write_manifest(folder: Path, manifest: dict) -> None:
     text = json.dumps(manifest, indent=1, sort_keys=True) + '\n'
-    replace_atomically(folder / MANIFEST_NAME, lambda temp: temp.write_text(text),
-                       temporary=folder / (MANIFEST_NAME + TEMP_SUFFIX), durable=False)
+    replace_atomically(folder / MANIFEST_NAME, lambda temp: temp.write_text(text), suffix=TEMP_SUFFIX,
+                       durable=False)
 
 
 def _visible_files(folder: Path) -> List[Path]:
@@ -419,6 +443,18 @@ def open_output_folder(folder: Path, manifest: dict) -> None:
     _write_manifest(folder, manifest)
 
 
+def check_inputs_apart(inputs: Sequence[Path], outputs: Sequence[Path], flag: str = '--hr') -> None:
+    """PrepareError when an input folder is an output folder or lies inside one: the run would write among
+    (and ``--overwrite`` delete) the very images it reads. Checked before anything is written or deleted."""
+    for source in inputs:
+        real_source = Path(source).resolve()
+        for output in outputs:
+            real_output = Path(output).resolve()
+            if real_source == real_output or real_output in real_source.parents:
+                raise PrepareError(f'{flag} {source} is inside the output folder {output}, which this run writes '
+                                   '(and --overwrite deletes): choose an --out that does not hold the input images')
+
+
 def _describe_geometry(manifest: dict) -> str:
     return (f'crop {manifest.get("crop")}, step {manifest.get("step")}, thresh {manifest.get("thresh")}, '
             f'HR mod-crop to multiples of {manifest.get("modulus")}')
@@ -426,6 +462,17 @@ def _describe_geometry(manifest: dict) -> str:
 
 def _describe_scale(manifest: dict) -> str:
     return f'scale {manifest.get("scale")}'
+
+
+def remove_for_overwrite(paths: Sequence[Path]) -> None:
+    """--overwrite: delete these output folders and files; refused (before any is deleted) when one is a
+    symbolic link, which lksmn-prepare never deletes through."""
+    for path in paths:
+        if path.is_symlink():
+            raise PrepareError(f'--overwrite would delete {path}, which is a symbolic link (to {os.readlink(path)}); '
+                               'lksmn-prepare does not delete through links: remove the link or choose another --out')
+    for path in paths:
+        _remove(path)
 
 
 def _remove(path: Path) -> None:
@@ -484,6 +531,8 @@ def build_lmdb(folder: Path, names: Sequence[str]) -> str:
                            f'{final}) and re-run to rebuild it from the folder')
     check_lmdb_target(folder)
     temp = lmdb_temp_path(folder)
+    if temp.is_symlink():  # not ours: an interrupted run leaves a folder; never build through a link
+        raise PrepareError(f'{temp} is a symbolic link, not an LMDB this tool left; remove it and re-run')
     if temp.exists():
         print(f'  deleting {temp}, an incomplete LMDB left by an interrupted run', flush=True)
         shutil.rmtree(temp)
@@ -495,7 +544,7 @@ def build_lmdb(folder: Path, names: Sequence[str]) -> str:
                         multiprocessing_read=False, map_size=map_size)
     written = lmdb_keys(temp) if lmdb_is_complete(temp) else []
     if written != sorted(keys):
-        raise PrepareError(f'building {final} wrote {len(written)} of {len(keys)} images; left in {temp}')
+        raise PrepareFailure(f'building {final} wrote {len(written)} of {len(keys)} images; left in {temp}')
     os.replace(temp, final)
     return 'built'
 
@@ -520,7 +569,7 @@ def _report_problems(results: Sequence[ImageResult], skip_unreadable: bool) -> N
         more = f'\n  ... and {len(problems) - 20} more' if len(problems) > 20 else ''
         hint = ('Fix or remove these files and re-run the same command (finished images are skipped)'
                 + ('' if failed else ', or pass --skip-unreadable to go on without them') + '.')
-        raise PrepareError(f'{len(problems)} image(s) could not be processed (the others were):\n  {listed}{more}\n'
+        raise PrepareFailure(f'{len(problems)} image(s) could not be processed (the others were):\n  {listed}{more}\n'
                            f'{hint}')
 
 
@@ -557,11 +606,10 @@ def prepare_div2k(hr_folders: Sequence[Path], out: Path, name: str, settings: Su
           + ', '.join(f'{settings.crop // s}/{settings.step // s} at X{s}' for s in settings.scales)
           + f'; extra last row/column when more than {settings.thresh} px are left', flush=True)
 
+    check_inputs_apart(hr_folders, [f for folder in folders
+                                    for f in (folder, lmdb_path(folder), lmdb_temp_path(folder))])
     if overwrite:
-        for folder in folders:
-            _remove(folder)
-            _remove(lmdb_path(folder))
-            _remove(lmdb_temp_path(folder))
+        remove_for_overwrite([f for folder in folders for f in (folder, lmdb_path(folder), lmdb_temp_path(folder))])
     manifests = [settings.manifest(scale) for scale in (1,) + settings.scales]
     for folder, manifest in zip(folders, manifests):
         check_output_folder(folder, manifest, _describe_geometry)
@@ -624,9 +672,9 @@ def prepare_benchmark(hr_folder: Path, out: Path, scales: Sequence[int] = DEFAUL
     folders = [f for s in scales for f in (gtmod_folder(out, s), lrbic_folder(out, s))]
     print(f'lksmn-prepare benchmark: {len(images)} HR images from {hr_folder}; scales {" ".join(map(str, scales))}',
           flush=True)
+    check_inputs_apart([hr_folder], folders)
     if overwrite:
-        for folder in folders:
-            _remove(folder)
+        remove_for_overwrite(folders)
     manifests = [{'kind': kind, 'scale': s} for s in scales for kind in ('GTmod', 'LRbicx')]
     for folder, manifest in zip(folders, manifests):
         check_output_folder(folder, manifest, _describe_scale)

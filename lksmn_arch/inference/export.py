@@ -89,8 +89,7 @@ def export_onnx(model: nn.Module, path: PathLike, *, opset: int = DEFAULT_OPSET,
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    replace_atomically(path, lambda temporary: onnx.save_model(proto, str(temporary)),
-                       temporary=path.with_name(f'.{path.name}.{os.getpid()}.tmp'))
+    replace_atomically(path, lambda temporary: onnx.save_model(proto, str(temporary)), suffix='.tmp')
     return path
 
 
@@ -160,13 +159,14 @@ class OpenVinoModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f'ONNX model {self.path} does not exist (or is not a file)')
+        check_onnx_file(self.path)  # before OpenVINO, whose parser prints several lines of its own on garbage
         self._config = openvino_config(precision, threads)
         self.precision = precision
         self._core = ov.Core()
         try:
             self._model = self._core.read_model(str(self.path))
-        except Exception as error:  # OpenVINO raises its own exception types
-            raise ValueError(f'cannot load ONNX model {self.path} with OpenVINO: {error}') from error
+        except Exception as error:  # OpenVINO raises its own exception types, with many-line messages
+            raise ValueError(f'cannot load ONNX model {self.path} with OpenVINO: {_first_line(error)}') from error
         if len(self._model.inputs) != 1 or self._model.inputs[0].get_partial_shape().rank.get_length() != 4:
             raise ValueError(f'{self.path}: expected one 4D (N, C, H, W) input')
         self._cache_size = cache_size
@@ -222,6 +222,21 @@ def openvino_infer(request: Any, output_shape: Tuple[int, ...], x: torch.Tensor)
     return out
 
 
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(error).__name__
+
+
+def check_onnx_file(path: Path) -> None:
+    """ValueError (one line, naming the file) unless ``path`` parses as an ONNX model (its graph, without
+    external weights)."""
+    import onnx
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # noqa: BLE001  (protobuf's DecodeError and friends)
+        raise ValueError(f'cannot load ONNX model {path}: not a valid ONNX file ({_first_line(error)})') from None
+
+
 def _onnx_metadata(path: Path) -> Dict[str, str]:
     """The metadata_props of an ONNX file (without its weights)."""
     import onnx
@@ -262,7 +277,7 @@ def create_session(path: PathLike, device: str = 'auto',
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
-        raise ValueError(f'cannot load ONNX model {path}: {error}') from error
+        raise ValueError(f'cannot load ONNX model {path}: {_first_line(error)}') from error
 
 
 def max_abs_difference(model: nn.Module, onnx_path: PathLike,
@@ -299,6 +314,8 @@ def check_outputs(outputs: Sequence[Path], inputs: Sequence[Path], overwrite: bo
     resolved_inputs = {p.resolve() for p in inputs}
     seen = set()
     for output in outputs:
+        if output.parent.exists() and not output.parent.is_dir():
+            raise ValueError(f'output {output}: {output.parent} is not a folder')
         resolved = output.resolve()
         if resolved in resolved_inputs:
             raise ValueError(f'output {output} is the input checkpoint; refusing to overwrite it')
@@ -313,4 +330,5 @@ def export_safetensors(checkpoint: PathLike, path: PathLike) -> Tuple[Path, Dict
     """Write an LKSMN checkpoint's weights (EMA where present) as ``.safetensors``; returns (path, configuration)."""
     from lksmn_arch.utils.checkpoint import save_safetensors
     model, config = build_model_from_checkpoint(checkpoint)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # as export_onnx does
     return save_safetensors(model.state_dict(), path, config), config

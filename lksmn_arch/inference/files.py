@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lksmn_arch.utils.atomic import replace_atomically
-from lksmn_arch.inference.upscaler import ALPHA_MODES, Upscaler
+from lksmn_arch.inference.upscaler import ALPHA_MODES, Upscaler, check_tiling
 
 PathLike = Union[str, os.PathLike]
 
@@ -45,6 +45,9 @@ _KEEPS_16_BIT = {'.png', '.tif', '.tiff'}
 _EXIF_ORIENTATION = 0x0112
 _LOSSY_QUALITY = 95
 DEFAULT_MAX_PIXELS = 50_000_000  # an 8K photo is 33 MP; its x4 float32 output alone is 1.5 GiB
+MAX_HEADER_BYTES = 64 * 2**20  # room for metadata (ICC profiles, EXIF thumbnails) beyond the pixels
+# what Pillow calls the formats read here: PPM/PGM (OpenCV reads them too) are allowed, anything else refused
+DECODED_FORMATS = {'PNG', 'JPEG', 'MPO', 'WEBP', 'BMP', 'DIB', 'TIFF', 'PPM'}
 _STOPPING_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
@@ -111,18 +114,28 @@ def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def check_header(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-    """Refuse, before decoding, an image larger than ``max_pixels`` or with several frames (animations,
-    multi-page TIFF): the header is read with Pillow, which decodes no pixels. Unknown headers pass (OpenCV
-    then decides)."""
+def check_header(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[int, int]:
+    """(width, height) from the header, read with Pillow before any pixel is decoded; refuses an image larger
+    than ``max_pixels``, with several frames (animations, multi-page TIFF), a file far larger than any image
+    within the limit, and a file whose header Pillow cannot read (a header that cannot be read is no licence
+    to decode whatever it holds: the size limit would not apply)."""
     from PIL import Image
+    size = os.stat(path).st_size
+    if size == 0:
+        raise ValueError('the file is empty')
+    largest = max_pixels * 8 + MAX_HEADER_BYTES  # 16-bit RGBA stored uncompressed, and its metadata
+    if size > largest:
+        raise ValueError(f'the file is {size / 2**30:.1f} GiB, larger than any image within --max-pixels '
+                         f'{max_pixels / 1e6:.0f} MP could be; refusing to read it')
     bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # this check replaces Pillow's own
     try:
         with Image.open(path) as image:
             width, height = image.size
             frames = getattr(image, 'n_frames', 1)
-    except Exception:  # not a format Pillow knows, or a broken header: OpenCV reports it
-        return
+            kind = image.format
+    except Exception:  # Pillow raises many types for unknown or broken headers
+        raise ValueError('cannot read its image header (not a PNG, JPEG, WebP, BMP or TIFF file, or a damaged '
+                         'one), so its size cannot be checked before decoding: not read') from None
     finally:
         Image.MAX_IMAGE_PIXELS = bomb_limit
     if width * height > max_pixels:
@@ -132,6 +145,20 @@ def check_header(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     if frames > 1:
         raise ValueError(f'it has {frames} frames (an animation or a multi-page file); only single-frame images '
                          'are upscaled: extract the frames first')
+    if kind not in DECODED_FORMATS:
+        raise ValueError(f'it is a {kind} image, not one of {", ".join(sorted(DECODED_FORMATS))}: not read')
+    return width, height
+
+
+def parse_max_pixels(text: str) -> int:
+    """``--max-pixels``: a positive, finite count (``50e6`` allowed); ValueError naming the value otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float('nan')
+    if not (value >= 1 and value != float('inf')):
+        raise ValueError(f'--max-pixels {text!r} must be a positive number of pixels, such as 50e6')
+    return int(value)
 
 
 def read_image(path: PathLike) -> Tuple[np.ndarray, int]:
@@ -208,8 +235,7 @@ def write_image_atomic(path: Path, img: np.ndarray) -> None:
     ok, encoded = cv2.imencode(extension, img, params)
     if not ok:
         raise ValueError(f'OpenCV cannot encode a {img.shape} {img.dtype} image as {extension}')
-    replace_atomically(path, lambda temporary: temporary.write_bytes(encoded.tobytes()),
-                       temporary=path.with_name(f'.{path.name}.{os.getpid()}.tmp'))
+    replace_atomically(path, lambda temporary: temporary.write_bytes(encoded.tobytes()), suffix='.tmp')
 
 
 def _to_output_pixels(img: np.ndarray, depth: int, extension: str) -> np.ndarray:
@@ -357,12 +383,12 @@ TILE_COST_WARNING = 10.0  # warn when tiles make the network see this many times
 
 
 def warn_tile_cost(tile: int, tile_pad: int, log: Optional[Any]) -> None:
-    """Say so when tiles are so small that their padding makes the network see >10x the image's pixels."""
-    if tile and log:
-        cost = ((tile + 2 * tile_pad) / tile) ** 2
-        if cost > TILE_COST_WARNING:
-            log(f'warning: --tile {tile} with --tile-pad {tile_pad}: each tile is read with its padding, so the '
-                f'network processes about {cost:.0f}x the image\'s pixels; a --tile of 128 or more costs under 2x')
+    """Refuse tiles that are not sane (``check_tiling``: ValueError); say so when their padding makes the
+    network see more than 10x the image's pixels."""
+    cost = check_tiling(tile, tile_pad)
+    if log and cost > TILE_COST_WARNING:
+        log(f'warning: --tile {tile} with --tile-pad {tile_pad}: each tile is read with its padding, so the '
+            f'network processes about {cost:.0f}x the image\'s pixels; a --tile of 128 or more costs under 2x')
 
 
 def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathLike,
@@ -389,6 +415,9 @@ def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathL
         raise ValueError(f'--max-pixels must be positive, got {max_pixels}')
     if alpha not in ALPHA_MODES:
         raise ValueError(f'--alpha must be one of {list(ALPHA_MODES)}, got {alpha!r}')
+    warn_tile_cost(tile, tile_pad, log)
+    if scale is not None and (type(scale) is not int or scale not in (2, 3, 4)):
+        raise ValueError(f'--scale must be 2, 3 or 4, got {scale!r}')
     files = collect_inputs(inputs)
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
@@ -397,9 +426,9 @@ def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathL
                               precision=precision, tta=tta, progress=progress, compile=compile, scale=scale or 4,
                               log=log)
     if scale is not None and upscaler.scale != scale:
-        raise ValueError(f'--scale {scale} asked, but the model {model_path} is a x{upscaler.scale} model')
+        raise ValueError(f'--scale {scale} asked, but the model {model_path or "shipped for it"} is a '
+                         f'x{upscaler.scale} model')
     suffix = f'_x{upscaler.scale}' if suffix is None else suffix
-    warn_tile_cost(tile, tile_pad, log)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     # -o an input folder: files named like this tool's outputs there are earlier outputs, not inputs
@@ -418,8 +447,11 @@ def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathL
                                          'folder, not upscaled again'))
             continue
         try:
-            check_header(path, max_pixels)
+            header_size = check_header(path, max_pixels)
             img, depth = read_image(path)
+            if sorted(img.shape[:2]) != sorted(header_size):  # EXIF orientation may swap the sides
+                raise ValueError(f'decoded as {img.shape[1]}x{img.shape[0]}, but its header says '
+                                 f'{header_size[0]}x{header_size[1]}: not upscaled')
             has_alpha = img.ndim == 3 and img.shape[2] == 4
             target, notes = _final_extension(output_path(path, output_dir, suffix, ext), has_alpha, depth, ext)
             resolved = target.resolve()

@@ -77,6 +77,26 @@ def _dihedral_inverse(x: torch.Tensor, index: int) -> torch.Tensor:
     return x
 
 
+TILE_COST_LIMIT = 64.0  # --tile 1 with the default padding would be 4,225x the work of the whole image
+
+
+def check_tiling(tile: int, tile_pad: int) -> float:
+    """How many times the image's pixels the network processes with these tiles (1.0 for whole-image);
+    ValueError for a negative or non-integer value, or tiles so small that their padding makes it more than 64x."""
+    if type(tile) is not int or tile < 0:
+        raise ValueError(f'--tile must be an int >= 0 (0: whole image), got {tile!r}')
+    if type(tile_pad) is not int or tile_pad < 0:
+        raise ValueError(f'--tile-pad must be an int >= 0, got {tile_pad!r}')
+    if not tile:
+        return 1.0
+    cost = ((tile + 2 * tile_pad) / tile) ** 2
+    if cost > TILE_COST_LIMIT:
+        raise ValueError(f'--tile {tile} with --tile-pad {tile_pad} would make the network process about '
+                         f"{cost:.0f}x the image's pixels (each tile is read with its padding); use a --tile of 128 "
+                         'or more (under 2x the work), or 0 for the whole image')
+    return cost
+
+
 class Upscaler:
     """Runs a super-resolution network on whole images or on overlapping tiles.
 
@@ -121,10 +141,7 @@ class Upscaler:
                  device: Union[str, torch.device] = 'auto', precision: str = 'fp32', tta: bool = False,
                  progress: bool = True, fuse: bool = True, channels_last: bool = True,
                  compile: bool = False) -> None:
-        if type(tile) is not int or tile < 0:
-            raise ValueError(f'tile must be an int >= 0 (0: whole image), got {tile!r}')
-        if type(tile_pad) is not int or tile_pad < 0:
-            raise ValueError(f'tile_pad must be an int >= 0, got {tile_pad!r}')
+        check_tiling(tile, tile_pad)
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {list(PRECISIONS)}, got {precision!r}')
         scale = scale if scale is not None else getattr(model, 'upscale', getattr(model, 'scale', None))

@@ -3,8 +3,10 @@
 ``atomic_save`` writes to a hidden temporary file in the destination folder, fsyncs it and
 ``os.replace``s it onto the final name (then fsyncs the folder), so a process killed in the middle of a
 save leaves the previous file of that name, or none, never a truncated one. Temporary files are named
-``.<final name>.tmp-<pid>``: they match no ``*.pth`` / ``*.state`` pattern, so resuming ignores them, and
-``remove_stale_temporaries`` deletes those a killed run left behind.
+``.<final name>.<random>.tmp-<pid>`` and created exclusively (``O_EXCL``: never through a name or a symbolic
+link that is already there, so a link planted beside the output cannot redirect the write); they match no
+``*.pth`` / ``*.state`` pattern, so resuming ignores them, and ``remove_stale_temporaries`` deletes those a
+killed run left behind.
 """
 import os
 import re
@@ -24,9 +26,32 @@ class CheckpointSaveError(TrainingError):
     """A checkpoint could not be written (disk full, folder not writable, ...)."""
 
 
-def temporary_path(path: Path) -> Path:
-    """Where ``atomic_save`` writes ``path`` before renaming it."""
-    return path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+def new_file_mode() -> int:
+    """The mode a new file gets here: 0666 less this process's umask (read from /proc without changing it;
+    umask 0o022 where it cannot be read)."""
+    umask = 0o022
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('Umask:'):
+                umask = int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o666 & ~umask
+
+
+def create_temporary(path: Path, suffix: Optional[str] = None) -> Path:
+    """Create, exclusively and empty, a hidden temporary file beside ``path`` (``.<name>.<random><suffix>``,
+    ``suffix`` defaulting to ``.tmp-<pid>``), with the mode a new file gets (0666 less the umask)."""
+    try:
+        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.',
+                                        suffix=f'.tmp-{os.getpid()}' if suffix is None else suffix)
+    except OSError as error:  # name the file the user asked for, not the temporary
+        raise OSError(error.errno, error.strerror, str(path)) from None
+    try:
+        os.fchmod(handle, new_file_mode())
+    finally:
+        os.close(handle)
+    return Path(name)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -51,16 +76,17 @@ def _fsync_file(path: Path) -> None:
         os.close(handle)
 
 
-def replace_atomically(path: os.PathLike, write: Callable[[Path], None], *, temporary: Optional[Path] = None,
+def replace_atomically(path: os.PathLike, write: Callable[[Path], None], *, suffix: Optional[str] = None,
                        durable: bool = True) -> None:
-    """Have ``write`` create a temporary file beside ``path``, then rename it onto ``path``.
+    """Have ``write`` fill a temporary file beside ``path``, then rename it onto ``path``.
 
     Readers see the old file or the complete new one, never a partial one; on any failure the temporary
-    file is removed and ``path`` is untouched. ``temporary`` defaults to ``temporary_path(path)``;
-    ``durable`` also fsyncs the file and its folder (checkpoints) rather than leaving that to the OS.
+    file is removed and ``path`` is untouched. The temporary is made by ``create_temporary`` (exclusive,
+    unpredictable; ``suffix`` as there) and handed to ``write`` existing and empty. ``durable`` also fsyncs the
+    file and its folder (checkpoints) rather than leaving that to the OS.
     """
     path = Path(path)
-    temporary = temporary_path(path) if temporary is None else temporary
+    temporary = create_temporary(path, suffix)
     try:
         write(temporary)
         if durable:

@@ -67,6 +67,7 @@ def read_checkpoint(path: PathLike) -> object:
         raise FileNotFoundError(f'checkpoint {path} does not exist (or is not a file)')
     if path.suffix.lower() == '.safetensors':
         return read_safetensors(path)
+    check_declared_size(path)
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as error:
@@ -76,6 +77,27 @@ def read_checkpoint(path: PathLike) -> object:
     except Exception as error:  # torch.load fails on garbage with arbitrary types (EOFError, IndexError, ...)
         raise CheckpointError(f'cannot read checkpoint {path}: it is not a valid PyTorch file, or it is corrupt '
                               f'or truncated ({type(error).__name__}: {_first_line(error)})') from error
+
+
+MAX_EXPANSION = 4  # torch.save stores its entries uncompressed: what a file unpacks to is about its own size
+MAX_EXPANSION_SLACK = 64 * 2 ** 20
+
+
+def check_declared_size(path: Path) -> None:
+    """Refuse, before anything is unpacked, a checkpoint whose zip directory declares far more data than the
+    file holds (a compression bomb: 1 MB that unpacks to gigabytes). Files that are not zip archives (the legacy
+    format, or garbage) are left to ``torch.load``."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return
+    size = path.stat().st_size
+    if declared > MAX_EXPANSION * size + MAX_EXPANSION_SLACK:
+        raise CheckpointError(f'refusing checkpoint {path}: its archive declares {declared / 2 ** 20:.0f} MiB of data '
+                              f'in a {size / 2 ** 20:.1f} MiB file (torch.save writes uncompressed entries; this '
+                              'looks like a compression bomb)')
 
 
 def read_safetensors(path: Path) -> StateDict:
@@ -96,16 +118,19 @@ def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: PathLike, con
     """Write ``state_dict`` as ``.safetensors`` (atomically), with the network configuration as metadata."""
     from safetensors.torch import save_file
 
-    from lksmn_arch.utils.atomic import replace_atomically
+    from lksmn_arch.utils.atomic import new_file_mode, replace_atomically
     path = Path(path)
     tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
     metadata = {'format': 'pt', 'architecture': 'LKSMN', 'lksmn_config': json.dumps(config)}
 
     def write(temp: Path) -> None:
-        save_file(tensors, str(temp), metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # safetensors creates its file private (0600); give it a file's usual mode
+        try:
+            save_file(tensors, str(temp), metadata=metadata)
+        except Exception as error:  # safetensors' own error type for a failed write (full disk, I/O error)
+            if isinstance(error, OSError):
+                raise
+            raise OSError(f'cannot write {path}: {_first_line(error)}') from error
+        os.chmod(temp, new_file_mode())  # safetensors may write its file private (0600): give it a file's usual mode
 
     replace_atomically(path, write)
     return path
@@ -139,6 +164,9 @@ def _explain_refusal(path: Path, error: pickle.UnpicklingError) -> CheckpointErr
             f'Python code ({unsafe.group(1)}) to load, so it is not a plain tensor checkpoint. Loading it would '
             f'run that code; if you trust its source, re-save only its state dict '
             f'(torch.save({{"params": model.state_dict()}}, ...)) and use that file.')
+    if 'Unsupported operand' in message and not _starts_like_a_pickle(path):
+        return CheckpointError(f'cannot read checkpoint {path}: it is not a PyTorch file (neither the zip archive '
+                               'torch.save writes nor a pickle): damaged, or not a checkpoint at all')
     if 'Unsupported operand' in message:  # pickle opcodes torch.save never writes (FRAME, 149: pickle.dump's)
         return UnsafeCheckpointError(
             f'refusing checkpoint {path}: it is a plain Python pickle (written by pickle.dump), not a PyTorch '
@@ -150,6 +178,16 @@ def _explain_refusal(path: Path, error: pickle.UnpicklingError) -> CheckpointErr
             f'checkpoint ({_weights_only_reason(message)})')
     return CheckpointError(f'cannot read checkpoint {path}: it is not a valid PyTorch file, or it is corrupt '
                            f'({_weights_only_reason(message)})')
+
+
+def _starts_like_a_pickle(path: Path) -> bool:
+    """True when the file opens with a pickle protocol header (PROTO, then protocol 2 to 5)."""
+    try:
+        with open(path, 'rb') as handle:
+            head = handle.read(2)
+    except OSError:
+        return False
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def _weights_only_reason(message: str) -> str:
@@ -224,6 +262,16 @@ def _ffn_expansion(channels: int, hidden: int) -> float:
     raise CheckpointError(f'no ffn_expansion gives a hidden width of {hidden} for {channels} channels')
 
 
+def _size(state_dict: Mapping[str, torch.Tensor], key: str, axis: int, rank: int = 4) -> int:
+    """``state_dict[key].shape[axis]``, after checking that the tensor has ``rank`` dimensions (an LKSMN
+    convolution weight has 4); CheckpointError naming the tensor otherwise."""
+    shape = tuple(state_dict[key].shape)
+    if len(shape) != rank:
+        raise CheckpointError(f'not an LKSMN checkpoint: tensor {key} has shape {list(shape)}, where LKSMN has a '
+                              f'{rank}-dimensional tensor')
+    return int(shape[axis])
+
+
 def infer_lksmn_config(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, object]:
     """LKSMN keyword arguments that rebuild the network of ``state_dict``, read from its tensor shapes.
 
@@ -235,11 +283,10 @@ def infer_lksmn_config(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, obje
     if missing:
         raise CheckpointError(f'not an LKSMN checkpoint: missing keys {", ".join(missing)}')
 
-    conv_first = state_dict['conv_first.weight']
-    num_feat, num_in_ch = int(conv_first.shape[0]), int(conv_first.shape[1])
+    num_feat, num_in_ch = _size(state_dict, 'conv_first.weight', 0), _size(state_dict, 'conv_first.weight', 1)
     num_out_ch = num_in_ch
 
-    up_channels = int(state_dict['upsampler.0.weight'].shape[0])
+    up_channels = _size(state_dict, 'upsampler.0.weight', 0)
     scale = math.isqrt(up_channels // num_out_ch) if up_channels % num_out_ch == 0 else 0
     if scale * scale * num_out_ch != up_channels or scale not in SUPPORTED_SCALES:
         raise CheckpointError(f'upsampler.0.weight has {up_channels} output channels, which is not '
@@ -253,17 +300,17 @@ def infer_lksmn_config(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, obje
                               f'{num_block - 1})')
     mlfa = 'mlfa.fuse.weight' in state_dict
     if mlfa:
-        fuse_in = int(state_dict['mlfa.fuse.weight'].shape[1])
+        fuse_in = _size(state_dict, 'mlfa.fuse.weight', 1)
         if fuse_in != num_feat * (num_block + 1):
             raise CheckpointError(f'mlfa.fuse.weight takes {fuse_in} channels but {num_block} blocks of {num_feat} '
                                   f'channels make {num_feat * (num_block + 1)}')
 
     mdta = 'blocks.0.mdta.temperature' in state_dict
-    num_heads = int(state_dict['blocks.0.mdta.temperature'].shape[0]) if mdta else DEFAULT_NUM_HEADS
+    num_heads = _size(state_dict, 'blocks.0.mdta.temperature', 0, rank=3) if mdta else DEFAULT_NUM_HEADS
     if 'blocks.0.ffn.dwconv.weight' in state_dict:
-        ffn, hidden = 'gated_dconv', int(state_dict['blocks.0.ffn.project_in.weight'].shape[0]) // 2
+        ffn, hidden = 'gated_dconv', _size(state_dict, 'blocks.0.ffn.project_in.weight', 0) // 2
     elif 'blocks.0.ffn.spatial.weight' in state_dict:
-        ffn, hidden = 'conv_mixer', int(state_dict['blocks.0.ffn.spatial.weight'].shape[0])
+        ffn, hidden = 'conv_mixer', _size(state_dict, 'blocks.0.ffn.spatial.weight', 0)
     else:
         ffn, hidden = 'none', None
     ffn_expansion = _ffn_expansion(num_feat, hidden) if hidden is not None else DEFAULT_FFN_EXPANSION
@@ -279,11 +326,11 @@ def infer_lksmn_config(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, obje
         raise CheckpointError(f'LKCD groups of block 0 are not numbered 0..n-1: {groups}')
     lkcd_kernels = []
     for g in groups:
-        local = state_dict[f'blocks.0.msma.lkcd.{g}.local.weight']
-        dilated = state_dict.get(f'blocks.0.msma.lkcd.{g}.dilated.weight')
-        if dilated is None:
-            raise CheckpointError(f'not an LKSMN checkpoint: missing key blocks.0.msma.lkcd.{g}.dilated.weight')
-        lkcd_kernels.append(_lkcd_kernel_size(int(local.shape[-1]), int(dilated.shape[-1]), g, len(groups)))
+        local, dilated = f'blocks.0.msma.lkcd.{g}.local.weight', f'blocks.0.msma.lkcd.{g}.dilated.weight'
+        if dilated not in state_dict:
+            raise CheckpointError(f'not an LKSMN checkpoint: missing key {dilated}')
+        lkcd_kernels.append(_lkcd_kernel_size(_size(state_dict, local, -1), _size(state_dict, dilated, -1), g,
+                                              len(groups)))
 
     return {
         'upscale': scale,
@@ -301,13 +348,24 @@ def infer_lksmn_config(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, obje
     }
 
 
-def check_finite(state_dict: Mapping[str, torch.Tensor], path: PathLike) -> None:
-    """Raise CheckpointError naming the first tensor holding NaN or inf: such weights give black images."""
+def check_weights(state_dict: Mapping[str, torch.Tensor], path: PathLike) -> None:
+    """Raise CheckpointError naming the first tensor that cannot be a trained LKSMN weight: one that is not
+    floating point (weights cast to int8 or bool give black images with no error) or that holds NaN or inf.
+    BatchNorm's integer ``num_batches_tracked`` counters are the exception."""
     for key, tensor in state_dict.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if not tensor.is_floating_point():
+            if key.endswith('num_batches_tracked'):
+                continue
+            raise CheckpointError(f'checkpoint {path}: tensor {key} is {str(tensor.dtype).replace("torch.", "")}, '
+                                  'not floating point; LKSMN weights are float32/16 (was the file converted or '
+                                  'quantised?)')
+        if not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise CheckpointError(f'checkpoint {path}: tensor {key} holds {bad} NaN or inf value(s); refusing '
                                   'weights that cannot give a valid image (was the training diverging?)')
+
+
+check_finite = check_weights  # the earlier name
 
 
 def build_model_from_checkpoint(path: PathLike) -> Tuple[LKSMN, Dict[str, object]]:
@@ -317,10 +375,10 @@ def build_model_from_checkpoint(path: PathLike) -> Tuple[LKSMN, Dict[str, object
 
     Raises:
         FileNotFoundError / CheckpointError: see ``load_state_dict`` and ``infer_lksmn_config``, and non-finite
-            weights (``check_finite``); the message names the file.
+            weights that are not floating point or not finite (``check_weights``); the message names the file.
     """
     state_dict = load_state_dict(path)
-    check_finite(state_dict, path)
+    check_weights(state_dict, path)
     try:
         config = infer_lksmn_config(state_dict)
         model = LKSMN(**config)
