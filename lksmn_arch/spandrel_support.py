@@ -66,7 +66,7 @@ def install(registry: Any = None) -> bool:
     try:
         from spandrel import MAIN_REGISTRY, ArchSupport
     except ImportError as error:
-        raise ImportError('spandrel is not installed: pip install "lksmn_arch[spandrel]"') from error
+        raise ImportError('spandrel is not installed: pip install spandrel safetensors') from error
     registry = MAIN_REGISTRY if registry is None else registry
     if ARCH_ID in registry:
         return False

@@ -122,7 +122,8 @@ def test_runtime_backends_run_a_verified_export_of_the_checkpoint_made_once(expo
     torch_ = upscale_paths(tmp_path / 'rgb.png', tmp_path / 'torch', checkpoint, backend='torch', device='cpu',
                            progress=False)
     assert auto.ok and torch_.ok
-    assert len(lines) == 1 and lines[0].startswith(f'backend: {name} (') and str(onnx_cache_dir()) in lines[0]
+    assert len(lines) == 2 and lines[0].startswith(f'backend: {name} (') and str(onnx_cache_dir()) in lines[0]
+    assert lines[1] == f'model: {checkpoint} (x3)'
     cached = sorted((tmp_path / 'cache').iterdir())  # the export and its recorded hash
     assert [p.name[len(cached[0].name):] for p in cached] == ['', '.sha256']
     assert cached[0].suffix == '.onnx' and cached[0].name.startswith('lksmn_x3-')
@@ -147,7 +148,8 @@ def test_auto_backend_falls_back_to_pytorch_when_the_export_fails(exported, tmp_
     lines = []
     report = upscale_paths(tmp_path / 'x.png', tmp_path / 'out', exported[0], device='cpu', progress=False,
                            log=lines.append)
-    assert report.ok and lines == ['backend: PyTorch (the ONNX export failed: ONNX export failed: the exporter broke)']
+    assert report.ok and lines == ['backend: PyTorch (the ONNX export failed: ONNX export failed: the exporter broke)',
+                                   f'model: {exported[0]} (x3)']
     assert not (tmp_path / 'cache').exists() or not list((tmp_path / 'cache').iterdir())
 
 

@@ -188,3 +188,12 @@ def test_help_lists_every_option(capsys):
     for flag in ('--input', '--output', '--model', '--tile', '--tile-pad', '--device', '--precision', '--tta',
                  '--suffix', '--ext', '--backend', '--alpha'):
         assert flag in text
+
+
+def test_quiet_still_names_the_model_and_the_backend_that_ran(tmp_path, checkpoint, capsys):
+    _write(tmp_path / 'img.png', np.zeros((H, W, 3), np.uint8))
+    assert main(['-i', str(tmp_path / 'img.png'), '-o', str(tmp_path / 'out'), '-m', str(checkpoint),
+                 '--backend', 'torch', '--quiet']) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f'model: {checkpoint} (x{SCALE})' in out
+    assert any(line.startswith('backend: PyTorch (--backend torch)') for line in out)

@@ -47,13 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help='how an alpha channel is upscaled: through the network (default) or bicubic')
     parser.add_argument('--compile', action='store_true',
                         help='torch.compile the network (with freezing). Each new input size compiles once (tens '
-                        'of seconds on a CPU), so it pays off for many images of one size or for --tile; see the '
-                        'README\'s speed section')
+                        'of seconds on a CPU), so it pays off for many images of one size or for --tile; see '
+                        'docs/speed.md')
     parser.add_argument('--overwrite', action='store_true', help='replace output files that exist (default: skip them)')
     parser.add_argument('--max-pixels', default=str(DEFAULT_MAX_PIXELS),
                         help=f'refuse inputs with more pixels than this, checked from the header before decoding '
                         f'(default {DEFAULT_MAX_PIXELS:.0e})')
-    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+    parser.add_argument('--quiet', action='store_true',
+                        help='no progress bars (the model and backend lines, warnings and errors are still printed)')
     parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
     return parser
 
@@ -67,7 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                device=args.device, precision=args.precision, tta=args.tta, suffix=args.suffix,
                                ext=args.ext, backend=args.backend, alpha=args.alpha, progress=not args.quiet,
                                compile=args.compile, scale=args.scale, overwrite=args.overwrite,
-                               max_pixels=max_pixels, log=None if args.quiet else print)
+                               max_pixels=max_pixels, log=print)
     except (OSError, ValueError) as error:
         if args.debug:
             raise

@@ -295,7 +295,7 @@ def cached_onnx_export(checkpoint: PathLike, cache_dir: Optional[PathLike] = Non
 
 def resolve_backend(model_path: PathLike, device: str, precision: str, compile: bool) -> Tuple[str, str]:
     """The backend 'auto' runs, and why. On the CPU, in fp32 or bf16 and without --compile: OpenVINO when it
-    is installed (the fastest path measured, in both precisions: see the README's speed section), else ONNX
+    is installed (the fastest path measured, in both precisions: see docs/speed.md), else ONNX
     Runtime in fp32; PyTorch otherwise (CUDA, fp16, --compile, bf16 without OpenVINO, neither installed)."""
     from lksmn_arch.archs.complexity import resolve_device
     from lksmn_arch.inference.latency import runtime_installed
@@ -311,9 +311,9 @@ def resolve_backend(model_path: PathLike, device: str, precision: str, compile: 
     if is_onnx:
         return 'onnxruntime', 'an .onnx model'
     if precision == 'bf16':
-        return 'torch', 'bf16 without OpenVINO (pip install "lksmn_arch[openvino]" for the faster bf16 path)'
-    return 'torch', ('neither OpenVINO nor ONNX Runtime is installed (pip install "lksmn_arch[openvino]" for the '
-                     'faster CPU path)')
+        return 'torch', 'bf16 without OpenVINO (pip install openvino for the faster bf16 path)'
+    return 'torch', ('neither OpenVINO nor ONNX Runtime is installed (pip install openvino for the faster '
+                     'CPU path)')
 
 
 def build_upscaler(model_path: Optional[PathLike] = None, *, backend: str = 'auto', tile: int = 0,
@@ -428,6 +428,8 @@ def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathL
     if scale is not None and upscaler.scale != scale:
         raise ValueError(f'--scale {scale} asked, but the model {model_path or "shipped for it"} is a '
                          f'x{upscaler.scale} model')
+    if model_path is not None and log:
+        log(f'model: {model_path} (x{upscaler.scale})')
     suffix = f'_x{upscaler.scale}' if suffix is None else suffix
     output_dir.mkdir(parents=True, exist_ok=True)
 
