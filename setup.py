@@ -43,7 +43,7 @@ setup(
     long_description=(ROOT / 'README.md').read_text(encoding='utf-8'),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['lksmn_arch', 'lksmn_arch.*']),
-    package_data={'lksmn_arch': ['data/*.json', 'weights/*.json', 'weights/*.pth', 'weights/*.safetensors']},
+    package_data={'lksmn_arch': ['data/*.json', 'weights/*.json', 'inference/*.json', 'weights/*.pth', 'weights/*.safetensors']},
     cmdclass={'build_py': BuildWithOptionFiles},
     python_requires='>=3.10',
     install_requires=[

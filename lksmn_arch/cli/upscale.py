@@ -5,8 +5,19 @@ import sys
 from typing import Optional, Sequence
 
 from lksmn_arch.inference.upscaler import ALPHA_MODES, PRECISIONS
+from lksmn_arch.inference.memory import parse_memory
 from lksmn_arch.inference.files import (BACKENDS, DEFAULT_MAX_PIXELS, DEVICES, OUTPUT_EXTENSIONS, parse_max_pixels,
                                         upscale_paths)
+
+
+def _tile_value(text: str):
+    """--tile: 'auto' or an integer (checked further by the Upscaler)."""
+    if text == 'auto':
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a number of pixels, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,9 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
                         '(docs/models.md)')
     parser.add_argument('--scale', type=int, default=None,
                         help='without -m: which shipped model runs (default 4); with -m, checked against the model')
-    parser.add_argument('--tile', type=int, default=0,
-                        help='tile size in input pixels, 0 for the whole image at once (default 0). Tiles bound '
-                        'memory for large images; the output differs slightly from whole-image output')
+    parser.add_argument('--tile', default='auto', type=_tile_value,
+                        help='auto (default): the whole image when its pass fits in the memory this process may use '
+                        '(about 1 GiB for the passes by default, --max-memory to change it), else the largest tiles '
+                        'that fit; 0: the whole image at once (refused if it cannot fit); N: tiles of N input pixels. '
+                        'Tiled output differs slightly from whole-image output (docs/upscaling.md)')
+    parser.add_argument('--max-memory', default=None, metavar='SIZE',
+                        help='with --tile auto: memory the passes and the output may take together, e.g. 6G or '
+                        '512M (default: the output plus 1 GiB, within what is free)')
     parser.add_argument('--tile-pad', type=int, default=32,
                         help='context pixels around each tile, also the half-width of the blending band (default 32)')
     parser.add_argument('--device', default='auto', choices=DEVICES, help='default auto: CUDA if available')
@@ -64,7 +80,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         max_pixels = parse_max_pixels(args.max_pixels)
+        max_memory = None if args.max_memory is None else parse_memory(args.max_memory)
         report = upscale_paths(args.input, args.output, args.model, tile=args.tile, tile_pad=args.tile_pad,
+                               max_memory=max_memory,
                                device=args.device, precision=args.precision, tta=args.tta, suffix=args.suffix,
                                ext=args.ext, backend=args.backend, alpha=args.alpha, progress=not args.quiet,
                                compile=args.compile, scale=args.scale, overwrite=args.overwrite,

@@ -239,9 +239,13 @@ def write_image_atomic(path: Path, img: np.ndarray) -> None:
 
 
 def _to_output_pixels(img: np.ndarray, depth: int, extension: str) -> np.ndarray:
-    if depth == 16 and extension in _KEEPS_16_BIT:
-        return np.clip(np.rint(img * 65535.0), 0, 65535).astype(np.uint16)
-    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+    """Float pixels in [0, 1] to 8 or 16 bits, in place in ``img`` (which the caller gives up): one float copy
+    of a large output is already gigabytes."""
+    peak, dtype = (65535.0, np.uint16) if depth == 16 and extension in _KEEPS_16_BIT else (255.0, np.uint8)
+    np.multiply(img, peak, out=img)
+    np.rint(img, out=img)
+    np.clip(img, 0, peak, out=img)
+    return img.astype(dtype)
 
 
 # --- the work ---------------------------------------------------------------------------------------------
@@ -316,8 +320,8 @@ def resolve_backend(model_path: PathLike, device: str, precision: str, compile: 
                      'CPU path)')
 
 
-def build_upscaler(model_path: Optional[PathLike] = None, *, backend: str = 'auto', tile: int = 0,
-                   tile_pad: int = 32, device: str = 'auto', precision: str = 'fp32', tta: bool = False,
+def build_upscaler(model_path: Optional[PathLike] = None, *, backend: str = 'auto', tile: Union[int, str] = 'auto',
+                   tile_pad: int = 32, max_memory: Optional[int] = None, device: str = 'auto', precision: str = 'fp32', tta: bool = False,
                    progress: bool = True, compile: bool = False, scale: int = 4,
                    log: Optional[Any] = None) -> Upscaler:
     """An Upscaler for an LKSMN checkpoint or an .onnx file; ``backend`` 'auto' picks as ``resolve_backend``.
@@ -336,7 +340,8 @@ def build_upscaler(model_path: Optional[PathLike] = None, *, backend: str = 'aut
         say(f'model: {shipped.describe()}: {shipped.path}')
         model_path = shipped.path
     model_path = Path(model_path)
-    options = dict(tile=tile, tile_pad=tile_pad, precision=precision, tta=tta, progress=progress)
+    options = dict(tile=tile, tile_pad=tile_pad, precision=precision, tta=tta, progress=progress,
+                   max_memory=max_memory)
     reason = None
     if backend == 'auto':
         backend, reason = resolve_backend(model_path, device, precision, compile)
@@ -392,7 +397,8 @@ def warn_tile_cost(tile: int, tile_pad: int, log: Optional[Any]) -> None:
 
 
 def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathLike,
-                  model_path: Optional[PathLike] = None, *, tile: int = 0, tile_pad: int = 32, device: str = 'auto',
+                  model_path: Optional[PathLike] = None, *, tile: Union[int, str] = 'auto', tile_pad: int = 32,
+                  max_memory: Optional[int] = None, device: str = 'auto',
                   precision: str = 'fp32', tta: bool = False, suffix: Optional[str] = None, ext: str = 'auto',
                   backend: str = 'auto', alpha: str = 'network', progress: bool = True, compile: bool = False,
                   scale: Optional[int] = None, overwrite: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -422,7 +428,8 @@ def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathL
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f'output folder {output_dir} exists and is not a folder')
-    upscaler = build_upscaler(model_path, backend=backend, tile=tile, tile_pad=tile_pad, device=device,
+    upscaler = build_upscaler(model_path, backend=backend, tile=tile, tile_pad=tile_pad, max_memory=max_memory,
+                              device=device,
                               precision=precision, tta=tta, progress=progress, compile=compile, scale=scale or 4,
                               log=log)
     if scale is not None and upscaler.scale != scale:

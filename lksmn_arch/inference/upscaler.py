@@ -23,14 +23,21 @@ Network = Union[nn.Module, Callable[[torch.Tensor], torch.Tensor]]
 
 
 def _axis_tiles(length: int, tile: int, pad: int) -> List[Tuple[int, int, int, int]]:
-    """Split [0, length) into n = ceil(length / tile) near-equal cores; each read with ``pad`` of context.
+    """Split [0, length) into n = ceil(length / tile) near-equal cores, each read with at least ``pad`` of context.
 
-    Returns (core_start, core_end, read_start, read_end) per tile.
+    Every read window has the same length (the largest core plus 2 * pad, within the image): a window at the
+    border is shifted inward instead of cut short, so that all tiles have one shape, which a backend that
+    compiles per shape (OpenVINO) compiles, and holds memory for, once. Returns (core_start, core_end,
+    read_start, read_end) per tile.
     """
     count = max(1, math.ceil(length / tile))
     bounds = [round(i * length / count) for i in range(count + 1)]
-    return [(bounds[i], bounds[i + 1], max(0, bounds[i] - pad), min(length, bounds[i + 1] + pad))
-            for i in range(count)]
+    read = min(length, max(b - a for a, b in zip(bounds, bounds[1:])) + 2 * pad)
+    tiles = []
+    for start, end in zip(bounds, bounds[1:]):
+        read_start = min(max(0, start - pad), length - read)
+        tiles.append((start, end, read_start, read_start + read))
+    return tiles
 
 
 def _ramp(t: torch.Tensor) -> torch.Tensor:
@@ -43,7 +50,9 @@ def _axis_weight(read_start: int, read_end: int, core_start: int, core_end: int,
     """Blending weight along one axis of one tile's output, in output pixels.
 
     Where a neighbour exists, the weight cross-fades over the 2*pad-wide band that both tiles read (centred on
-    the core boundary); at the image border it stays 1. It is positive on the whole read window.
+    the core boundary), and is zero beyond it (context read only because the window was shifted inward at the
+    border); at the image border it stays 1. Every pixel gets a positive total weight from the tile whose core
+    holds it.
     """
     centres = torch.arange(read_start * scale, read_end * scale, dtype=torch.float64) + 0.5
     weight = torch.ones_like(centres)
@@ -77,17 +86,19 @@ def _dihedral_inverse(x: torch.Tensor, index: int) -> torch.Tensor:
     return x
 
 
+AUTO = 'auto'
 TILE_COST_LIMIT = 64.0  # --tile 1 with the default padding would be 4,225x the work of the whole image
 
 
-def check_tiling(tile: int, tile_pad: int) -> float:
-    """How many times the image's pixels the network processes with these tiles (1.0 for whole-image);
-    ValueError for a negative or non-integer value, or tiles so small that their padding makes it more than 64x."""
-    if type(tile) is not int or tile < 0:
-        raise ValueError(f'--tile must be an int >= 0 (0: whole image), got {tile!r}')
+def check_tiling(tile: Union[int, str], tile_pad: int) -> float:
+    """How many times the image's pixels the network processes with these tiles (1.0 for whole-image and for
+    'auto', which sizes its tiles itself); ValueError for a value that is not 'auto' or an int >= 0, or tiles so
+    small that their padding makes it more than 64x."""
+    if tile != AUTO and (type(tile) is not int or tile < 0):
+        raise ValueError(f"--tile must be 'auto', or an int >= 0 (0: whole image), got {tile!r}")
     if type(tile_pad) is not int or tile_pad < 0:
         raise ValueError(f'--tile-pad must be an int >= 0, got {tile_pad!r}')
-    if not tile:
+    if not tile or tile == AUTO:
         return 1.0
     cost = ((tile + 2 * tile_pad) / tile) ** 2
     if cost > TILE_COST_LIMIT:
@@ -100,7 +111,9 @@ def check_tiling(tile: int, tile_pad: int) -> float:
 class Upscaler:
     """Runs a super-resolution network on whole images or on overlapping tiles.
 
-    ``tile=0`` runs the whole image in one pass. ``tile=T`` splits the image into near-equal cores of at most
+    ``tile='auto'`` (the default) runs the whole image when its pass fits in the memory this process may use
+    (``max_memory`` caps it) and otherwise tiles sized to fit (``tile_for``). ``tile=0`` runs the whole image in
+    one pass (refused when it cannot fit). ``tile=T`` splits the image into near-equal cores of at most
     T x T input pixels; each core is read with ``tile_pad`` pixels of context on every side (so the network
     sees at most (T + 2*tile_pad)^2 pixels, which bounds the peak memory of the network by the tile size, not
     the image size), and the tiles' outputs are cross-faded with a raised-cosine window over the 2*tile_pad
@@ -123,7 +136,7 @@ class Upscaler:
         model: an nn.Module (moved/cast in place) or a callable on CPU float32 tensors (ONNX Runtime's
             ``OnnxModel``, OpenVINO's ``OpenVinoModel``; ``precision`` must then be the callable's own).
         scale: the network's scale factor; read from ``model.upscale`` or ``model.scale`` when omitted.
-        tile: input tile size in pixels (0: whole image).
+        tile: 'auto' (sized to the memory), 0 (whole image) or an input tile size in pixels.
         tile_pad: context pixels around each tile, and half the width of the cross-fade band.
         device: 'auto', 'cpu', 'cuda' (or a torch.device); only for nn.Module networks.
         precision: 'fp32', 'fp16' or 'bf16'.
@@ -135,13 +148,16 @@ class Upscaler:
             for LKSMN's convolutions).
         compile: run an nn.Module through ``torch.compile`` (with freezing). Each new input size compiles
             once (seconds to a minute on a CPU), so it pays off for many images or tiles of one size.
+        max_memory: with ``tile='auto'``, the bytes the passes and the output may take together (default: the
+            output, plus ``memory.DEFAULT_PASS_BUDGET`` for the passes, within what is free).
     """
 
-    def __init__(self, model: Network, scale: Optional[int] = None, *, tile: int = 0, tile_pad: int = 32,
-                 device: Union[str, torch.device] = 'auto', precision: str = 'fp32', tta: bool = False,
-                 progress: bool = True, fuse: bool = True, channels_last: bool = True,
-                 compile: bool = False) -> None:
+    def __init__(self, model: Network, scale: Optional[int] = None, *, tile: Union[int, str] = AUTO,
+                 tile_pad: int = 32, device: Union[str, torch.device] = 'auto', precision: str = 'fp32',
+                 tta: bool = False, progress: bool = True, fuse: bool = True, channels_last: bool = True,
+                 compile: bool = False, max_memory: Optional[int] = None) -> None:
         check_tiling(tile, tile_pad)
+        self.max_memory = max_memory
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {list(PRECISIONS)}, got {precision!r}')
         scale = scale if scale is not None else getattr(model, 'upscale', getattr(model, 'scale', None))
@@ -155,6 +171,10 @@ class Upscaler:
         self.precision = precision
         self.dtype = PRECISIONS[precision]
         self.in_channels = int(getattr(model, 'num_in_ch', getattr(model, 'in_channels', 3)))
+        config = getattr(model, 'config', None) or {}
+        self.num_feat = int(getattr(model, 'num_feat', config.get('num_feat', 48)))
+        self.backend_name = {'OpenVinoModel': 'openvino', 'OnnxModel': 'onnxruntime'}.get(type(model).__name__,
+                                                                                           'torch')
         if isinstance(model, nn.Module):
             self.device = device if isinstance(device, torch.device) else resolve_device(device)
             if self.dtype == torch.float16 and self.device.type != 'cuda':
@@ -218,17 +238,32 @@ class Upscaler:
             raise ValueError(f'expected a (N, C, H, W) or (C, H, W) tensor, got shape {tuple(x.shape)}')
         x = x.detach().float().cpu()
         height, width = x.shape[-2:]
-        if self.tile == 0 or (height <= self.tile and width <= self.tile):
+        tile = self.tile_for(height, width, batch=x.shape[0])
+        if tile == 0 or (height <= tile and width <= tile):
             out = self._run(x)
         else:
-            out = self._run_tiled(x)
+            out = self._run_tiled(x, tile)
         return out.squeeze(0) if squeeze else out
 
-    def _run_tiled(self, x: torch.Tensor) -> torch.Tensor:
+    def tile_for(self, height: int, width: int, batch: int = 1) -> int:
+        """The tile an image of this size runs with: ``tile`` as given, or with 'auto' the whole image (0) when
+        its pass fits in the memory this process may use (and ``max_memory``), else the largest tile that fits
+        (``lksmn_arch.inference.memory``). With ``tile=0`` an image that cannot fit is refused
+        (InsufficientMemoryError) rather than left to the kernel's out-of-memory killer."""
+        from lksmn_arch.inference import memory
+        kind = dict(backend=self.backend_name, precision=self.precision, num_feat=self.num_feat,
+                    device_type=self.device.type, max_memory=self.max_memory)
+        if self.tile == AUTO:
+            return memory.choose_tile(height, width * batch, self.scale, tile_pad=self.tile_pad, **kind)
+        if self.tile == 0:
+            memory.check_whole_image_fits(height, width * batch, self.scale, **kind)
+        return self.tile
+
+    def _run_tiled(self, x: torch.Tensor, tile: int) -> torch.Tensor:
         height, width = x.shape[-2:]
         s = self.scale
-        rows = _axis_tiles(height, self.tile, self.tile_pad)
-        cols = _axis_tiles(width, self.tile, self.tile_pad)
+        rows = _axis_tiles(height, tile, self.tile_pad)
+        cols = _axis_tiles(width, tile, self.tile_pad)
         out: Optional[torch.Tensor] = None
         norm_y = torch.zeros(height * s)
         norm_x = torch.zeros(width * s)
