@@ -44,3 +44,10 @@ def test_recipe_options_validate_on_the_validation_split_never_the_test_split(tm
     assert 'openphotos_test' not in str(opt['datasets'])
     assert opt['train']['total_iter'] == 4000 and opt['train']['scheduler']['periods'] == [4000]
     assert opt['val']['val_freq'] == 4000 // recipe_study.VAL_TIMES
+
+
+def test_the_open_photos_training_template_validates_on_the_validation_split():
+    import yaml
+    opt = yaml.safe_load((Path(__file__).resolve().parents[1] / 'options' / 'train_LKSMN_x4_openphotos.yml').read_text())
+    assert 'openphotos_val' in opt['datasets']['val']['dataroot_gt']
+    assert 'openphotos_test' not in str(opt['datasets'])
