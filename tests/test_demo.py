@@ -51,3 +51,24 @@ def test_bicubic_baseline_keeps_the_size_and_range():
     lr = (np.random.default_rng(0).random((10, 7, 3)) * 255).astype(np.uint8)
     up = bicubic_upscale(lr, 4)
     assert up.shape == (40, 28, 3) and up.dtype == np.uint8
+
+
+def test_demo_refuses_an_out_that_is_a_file_or_lies_under_one(tmp_path, capsys):
+    existing = tmp_path / 'notes.txt'
+    existing.write_text('user data')
+    for out in (existing, existing / 'demo'):
+        assert demo_cli.main(['--out', str(out)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and f'--out {out}' in lines[0] and 'is a file' in lines[0]
+    assert existing.read_text() == 'user data'
+
+
+def test_a_demo_run_that_fails_is_one_line_and_status_1(tmp_path, monkeypatch, capsys):
+    from lksmn_arch.training.pipeline import OptionsError
+
+    def failing(out, iters, batch):
+        raise OptionsError('train.yml: something is wrong')
+
+    monkeypatch.setattr(demo_cli, 'run_demo', failing)
+    assert demo_cli.main(['--out', str(tmp_path / 'demo')]) == 1
+    assert capsys.readouterr().err.strip() == 'lksmn-demo: error: train.yml: something is wrong'

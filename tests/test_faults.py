@@ -31,6 +31,7 @@ ITERS_PER_EPOCH = 3  # 6 training pairs, batch 2, one process
 RESUMED = re.compile(r'Resuming training from epoch: (\d+), iter: (\d+)\.')
 LOGGED_ITER = re.compile(r'\biter:\s+(\d+),')
 TEMPORARY = re.compile(r'^\..+\.tmp-\d+$')
+RANDOM_PART = r'(?:[^.]+\.)?'  # a save's temporary is .<final name>.<random>.tmp-<pid> (utils/atomic.py)
 
 DRIVER = '''"""lksmn-train with test-only faults chosen by environment variables."""
 import errno
@@ -353,10 +354,11 @@ def test_training_killed_at_any_point_resumes_from_its_last_checkpoint_to_total_
                      'a network weights save')
         run.process.kill()
 
-    holds = {kill_writing_first_weights: lambda: _hold_saves(tmp_path, r'^\.net_g_\d+\.pth\.tmp-'),
-             kill_writing_a_state: lambda: _hold_saves(tmp_path, rf'^\.{started_from + 2 * every}\.state\.tmp-'),
+    holds = {kill_writing_first_weights: lambda: _hold_saves(tmp_path, rf'^\.net_g_\d+\.pth\.{RANDOM_PART}tmp-'),
+             kill_writing_a_state: lambda: _hold_saves(tmp_path,
+                                                       rf'^\.{started_from + 2 * every}\.state\.{RANDOM_PART}tmp-'),
              sigterm_twice_during_preemption_save: lambda: _hold_saves(tmp_path, '', while_stopping=True),
-             kill_writing_weights: lambda: _hold_saves(tmp_path, r'^\.net_g_\d+\.pth\.tmp-')}
+             kill_writing_weights: lambda: _hold_saves(tmp_path, rf'^\.net_g_\d+\.pth\.{RANDOM_PART}tmp-')}
     checkpoints_before_signals: List[int] = []
     interruptions = [kill_writing_first_weights, kill_writing_a_state, kill_between_checkpoints,
                      sigterm_twice_during_preemption_save, kill_writing_weights]
@@ -455,9 +457,9 @@ def test_srmodel_option_file_killed_during_a_save_keeps_the_previous_checkpoint(
     second checkpoint's weights or state: the first checkpoint loads and --auto_resume continues from it."""
     write_yaml(tmp_path / 'train.yml', _options(tiny_pairs, total_iter=6, save_every=2, model_type='SRModel'))
     folder, name = (_experiment(tmp_path) / held).parent, Path(held).name
-    _hold_saves(tmp_path, '^' + re.escape(f'.{name}.tmp-'))
+    _hold_saves(tmp_path, '^' + re.escape(f'.{name}.') + RANDOM_PART + 'tmp-')
     run = Run(driver, tmp_path)
-    run.wait_for(lambda: bool(_temporaries(folder, f'.{name}.tmp-', run)), f'the save of {held}')
+    run.wait_for(lambda: bool(_temporaries(folder, f'.{name}.', run)), f'the save of {held}')
     run.process.kill()
     assert run.finish() == -signal.SIGKILL
     _release_saves(tmp_path)
@@ -527,6 +529,12 @@ def _poison_weights(path: Path) -> None:
     torch.save(checkpoint, path)
 
 
+def _cast_weights_to_int8(path: Path) -> None:
+    checkpoint = _load(path)
+    checkpoint['params'] = {k: v.to(torch.int8) for k, v in checkpoint['params'].items()}
+    torch.save(checkpoint, path)
+
+
 def _pickle_into_state(path: Path) -> None:
     state = _load(path)
     state['extra'] = Evil(path.parent / 'pwned')
@@ -544,9 +552,10 @@ def _relabel_state(path: Path) -> None:
     (_truncate, 'models/net_g_4.pth'),
     (Path.unlink, 'models/net_g_4.pth'),
     (_poison_weights, 'models/net_g_4.pth'),
+    (_cast_weights_to_int8, 'models/net_g_4.pth'),
     (_pickle_into_state, 'training_states/4.state'),
     (_relabel_state, 'training_states/4.state'),
-], ids=['truncated state', 'truncated weights', 'missing weights', 'nan weights', 'pickled state',
+], ids=['truncated state', 'truncated weights', 'missing weights', 'nan weights', 'int8 weights', 'pickled state',
         'state of another iteration'])
 def test_auto_resume_skips_a_newest_checkpoint_that_is_damaged_in_any_way(finished_run, tmp_path, damage, target):
     from lksmn_arch.training import resume

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lksmn_arch.training.demo import MARKER, run_demo
+from lksmn_arch.training.demo import DEMO_FAILURES, DemoOutputError, check_output_folder, run_demo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,11 +32,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.iters < 1 or args.batch < 1:
         print('lksmn-demo: error: --iters and --batch must be positive', file=sys.stderr)
         return 2
-    if args.out.exists() and any(args.out.iterdir()):
-        if not args.overwrite and not (args.out / MARKER).is_file():
-            print(f'lksmn-demo: error: {args.out} is not empty; pass --overwrite to replace it or --out elsewhere',
-                  file=sys.stderr)
-            return 2
+    try:
+        replace = check_output_folder(args.out, args.overwrite)
+    except DemoOutputError as error:
+        print(f'lksmn-demo: error: {error}', file=sys.stderr)
+        return 2
+    if replace:
         print(f'lksmn-demo: replacing {args.out}', flush=True)
         shutil.rmtree(args.out)
     started = time.time()
@@ -45,6 +46,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f'\nlksmn-demo: interrupted; {args.out} is incomplete (a re-run replaces it)', file=sys.stderr)
         return 130
+    except DEMO_FAILURES as error:
+        print(f'lksmn-demo: error: {" ".join(str(error).split())}', file=sys.stderr)
+        return 1
     timings = result['timings']
     print(f'\nLKSMN x4 demo: {args.iters} iterations; data {timings["data"]:.0f} s, training {timings["train"]:.0f} s, '
           f'test {timings["test"]:.0f} s, total {time.time() - started:.0f} s')

@@ -72,8 +72,25 @@ def _dataroot(dataset_opt: Dict[str, Any], key: str, where: str) -> Path:
     return path
 
 
-def _check_paired_lmdb(gt_root: Path, lq_root: Path, scale: Optional[int], where: str) -> None:
+def _check_patch_size(gt_sizes: Dict[str, Tuple[int, int]], patch_size: Optional[int], where: str,
+                      listed_in: str) -> None:
+    """Every training GT must hold a ``gt_size`` patch: BasicSR's random crop fails on a smaller one (in a
+    DataLoader worker, mid-epoch). ``gt_sizes``: name -> (height, width)."""
+    if not patch_size or not isinstance(patch_size, int) or not gt_sizes:
+        return
+    small = {name: size for name, size in gt_sizes.items() if min(size) < patch_size}
+    if small:
+        name, (height, width) = min(small.items(), key=lambda item: min(item[1]))
+        raise DatasetError(f'{where}.gt_size {patch_size} is larger than the training GT images: {len(small)} of '
+                           f'{len(gt_sizes)} {listed_in} are smaller, e.g. {name} ({width}x{height}); lower gt_size '
+                           f'or make larger sub-images')
+
+
+def _check_paired_lmdb(gt_root: Path, lq_root: Path, scale: Optional[int], where: str,
+                       patch_size: Optional[int] = None) -> None:
     gt, lq = _read_meta_info(gt_root, f'{where}.dataroot_gt'), _read_meta_info(lq_root, f'{where}.dataroot_lq')
+    _check_patch_size({f'{gt_root}:{key}': size for key, size in gt.items()}, patch_size, where,
+                      f'GT images listed in {gt_root / "meta_info.txt"}')
     if gt.keys() != lq.keys():
         missing = sorted(set(gt) ^ set(lq))[:5]
         raise DatasetError(f'{where}: the GT LMDB {gt_root} ({len(gt)} images) and the LQ LMDB {lq_root} '
@@ -84,7 +101,7 @@ def _check_paired_lmdb(gt_root: Path, lq_root: Path, scale: Optional[int], where
 
 
 def _check_paired_folders(dataset_opt: Dict[str, Any], gt_root: Path, lq_root: Path, scale: Optional[int],
-                          where: str) -> None:
+                          where: str, patch_size: Optional[int] = None) -> None:
     template = dataset_opt.get('filename_tmpl', '{}')
     meta_file = dataset_opt.get('meta_info_file')
     if meta_file:
@@ -112,16 +129,22 @@ def _check_paired_folders(dataset_opt: Dict[str, Any], gt_root: Path, lq_root: P
             raise DatasetError(f'{where}: GT {gt} has no LQ partner {lq_root / lq_name}')
         pairs.append((gt, lq_by_name[lq_name]))
     step = max(1, len(pairs) // MAX_HEADER_CHECKS)
+    gt_sizes = {}
     for gt, lq in pairs[::step]:
         if not gt.is_file():
             raise DatasetError(f'{where}: GT image {gt} (listed in {meta_file}) does not exist')
         gt_size, lq_size = _image_size(gt), _image_size(lq)
+        gt_sizes[str(gt)] = gt_size
         if scale:
             _check_ratio(gt_size, lq_size, scale, str(gt), str(lq), where)
+    sample = '' if step == 1 else f' (a sample of one in {step})'
+    _check_patch_size(gt_sizes, patch_size, where, f'GT images in {gt_root}{sample}')
 
 
-def check_dataset_options(dataset_opt: Dict[str, Any], scale: Optional[int], where: str) -> None:
-    """Check one ``datasets.<phase>`` entry; ``where`` names it in messages."""
+def check_dataset_options(dataset_opt: Dict[str, Any], scale: Optional[int], where: str,
+                          patch_size: Optional[int] = None) -> None:
+    """Check one ``datasets.<phase>`` entry; ``where`` names it in messages. ``patch_size``: the training
+    ``gt_size``, which every GT image (of a paired dataset) must hold (checked from headers or ``meta_info.txt``)."""
     if not isinstance(dataset_opt, dict):
         raise DatasetError(f'{where}: must be a mapping of dataset options')
     dataset_type = dataset_opt.get('type')
@@ -133,9 +156,9 @@ def check_dataset_options(dataset_opt: Dict[str, Any], scale: Optional[int], whe
     if dataset_type == 'PairedImageDataset':
         gt_root, lq_root = _dataroot(dataset_opt, 'dataroot_gt', where), _dataroot(dataset_opt, 'dataroot_lq', where)
         if backend == 'lmdb':
-            _check_paired_lmdb(gt_root, lq_root, scale, where)
+            _check_paired_lmdb(gt_root, lq_root, scale, where, patch_size)
         elif backend == 'disk':
-            _check_paired_folders(dataset_opt, gt_root, lq_root, scale, where)
+            _check_paired_folders(dataset_opt, gt_root, lq_root, scale, where, patch_size)
     elif dataset_type == 'SingleImageDataset':
         lq_root = _dataroot(dataset_opt, 'dataroot_lq', where)
         if backend == 'lmdb':

@@ -17,6 +17,10 @@ On top of ``SRModel`` (same option keys, same files, same checkpoint formats):
   interpreter shutdown that would drop the handler). ``lksmn-train`` also makes BasicSR's
   DataLoader workers ignore these signals (``shield_dataloader_workers``), so that a signal sent to the whole
   process group (Slurm, Ctrl-C) reaches the trainer instead of killing its workers.
+* a run that fails (any exception) does not hang on those shielded workers, which ignore the SIGTERM that
+  multiprocessing's exit handler sends before it waits for them: ``stop_dataloader_workers`` ends them (at
+  interpreter exit too), and ``lksmn-train`` ends a failed run through ``end_failed_run``, which also keeps
+  threads left behind from holding the process.
 
 Distributed runs: the ranks agree each iteration (one all-reduce of two numbers) on skipping a non-finite
 step and on stopping, so a signal to any rank (or to all, as torchrun forwards its own SIGTERM) stops every
@@ -27,6 +31,7 @@ Too many non-finite steps stop every rank together. A failed save raises on rank
 ``master_only``); the other ranks then block in the next collective until the launcher ends them, which
 torchrun does when rank 0 exits.
 """
+import atexit
 import gc
 import logging
 import math
@@ -35,6 +40,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional, Tuple
@@ -50,12 +56,15 @@ from basicsr.utils.registry import MODEL_REGISTRY
 
 from lksmn_arch.training import resume
 from lksmn_arch.utils.atomic import atomic_save, check_writable, remove_stale_temporaries
-from lksmn_arch.utils.checkpoint import CheckpointError, check_finite
+from lksmn_arch.utils.checkpoint import CheckpointError, check_weights
 from lksmn_arch.training.resume import TrainingError, load_trusted
 
 DEFAULT_MAX_NONFINITE_STEPS = 20
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
+WORKER_GRACE_S = 2.0  # a terminated DataLoader worker that is still alive after this is killed
+THREAD_GRACE_S = 3.0  # after a failure, how long the command waits for non-daemon threads the run left
+EXIT_WATCHDOG_S = 60.0  # after a failure, the longest the command's interpreter shutdown may take
 
 
 def cpu_has_native_bf16() -> bool:
@@ -98,6 +107,15 @@ def training_path(train_opt: Dict[str, Any], device_type: str) -> Tuple[bool, Op
                  f'{"channels_last" if channels_last else "NCHW"} on {device_type} (train.precision, '
                  'train.channels_last).')
     return channels_last, dtype, lines
+
+
+def check_nonfinite_limit(train_opt: Dict[str, Any]) -> int:
+    """``train.max_nonfinite_steps`` (default 20), checked: a whole number >= 1; ``TrainingError`` otherwise."""
+    value = train_opt.get('max_nonfinite_steps', DEFAULT_MAX_NONFINITE_STEPS)
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value != int(value) or value < 1):
+        raise TrainingError(f'train.max_nonfinite_steps must be a whole number >= 1, got {value!r}')
+    return int(value)
 
 
 class NonFiniteLossError(TrainingError):
@@ -181,22 +199,97 @@ def uninstall_signal_handlers() -> None:
     _stop_signal, _exit_status, _exit_note = None, None, b''
 
 
-def exit_after_stop(status: int) -> NoReturn:
-    """End a process whose training stopped on a signal (checkpoint saved) with ``status``, without the
-    interpreter shutdown during which a further signal (torchrun's SIGTERM to the ranks still running)
-    would kill it: finish DataLoader workers, flush the logs and standard streams, ``os._exit``. The
-    handler stays installed until then, so a signal meanwhile ends the process with the same status."""
-    gc.collect()  # DataLoader iterators of the unwound training loop shut their workers down
-    for child in multiprocessing.active_children():  # workers left over ignore SIGTERM (shielded)
-        child.kill()
-        child.join(5)
+def _live_dataloader_iterators() -> List[Any]:
+    """The multi-process DataLoader iterators still referenced in this process (by a traceback, say)."""
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+    # type(), not isinstance(): isinstance reads __class__, which some of torch's objects answer with a warning
+    return [obj for obj in gc.get_objects() if issubclass(type(obj), _MultiProcessingDataLoaderIter)]
+
+
+def stop_dataloader_workers(grace: float = WORKER_GRACE_S, every_daemon: bool = True) -> None:
+    """End the DataLoader workers a finished or failed run left behind, so that nothing waits for them.
+
+    Collects garbage first (the iterators of an unwound training loop shut their workers down, as torch does)
+    and shuts down the iterators still referenced (by an uncaught exception's traceback, say) the same way;
+    then terminates the workers still alive and kills those that outlive ``grace`` seconds, with torch's
+    SIGCHLD check (which raises when a worker dies) set aside meanwhile. Shielded workers ignore SIGTERM, so
+    multiprocessing's own exit handler (terminate, then join without a time limit) would wait for them for ever.
+    ``every_daemon``: all daemonic child processes, which are what multiprocessing terminates at exit (for a
+    process about to end); else only the workers of the DataLoader iterators found."""
+    gc.collect()
+    if not any(child.daemon for child in multiprocessing.active_children()):
+        return  # the usual case: no scan of the heap
+    iterators = _live_dataloader_iterators()
+    workers = [worker for iterator in iterators for worker in getattr(iterator, '_workers', ())]
+    for iterator in iterators:
+        try:
+            iterator._shutdown_workers()  # torch's own: a None to each worker, which then exits
+        except Exception:  # noqa: BLE001  (best effort: what is left is killed below)
+            pass
+    alive = set(multiprocessing.active_children())
+    children = [child for child in alive if child.daemon] if every_daemon else [w for w in workers if w in alive]
+    if not children:
+        return
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL) if in_main else None
+    try:
+        for child in children:
+            child.terminate()
+        deadline = time.monotonic() + grace
+        for child in children:
+            child.join(max(0.0, deadline - time.monotonic()))
+            if child.is_alive():
+                child.kill()
+                child.join(5)
+    finally:
+        if in_main and previous is not None:
+            signal.signal(signal.SIGCHLD, previous)
+
+
+def _flush_all() -> None:
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError, AttributeError):
             pass
+
+
+def exit_after_stop(status: int) -> NoReturn:
+    """End a process whose training stopped on a signal (checkpoint saved) with ``status``, without the
+    interpreter shutdown during which a further signal (torchrun's SIGTERM to the ranks still running)
+    would kill it: finish DataLoader workers, flush the logs and standard streams, ``os._exit``. The
+    handler stays installed until then, so a signal meanwhile ends the process with the same status."""
+    stop_dataloader_workers(grace=0.0)  # workers left over ignore SIGTERM (shielded): killed at once
+    _flush_all()
     os._exit(status)
+
+
+def end_failed_run(status: int, own_process: bool) -> None:
+    """Clean up after a run that failed (an exception, Ctrl-C): stop its DataLoader workers and give
+    SIGTERM/SIGINT back their usual meaning. With ``own_process`` (the command line owns the process, which ends
+    right after), make sure it does end with ``status``: non-daemon threads the run left behind are given
+    ``THREAD_GRACE_S`` seconds, then the process exits at once; otherwise a watchdog ends it if the interpreter's
+    shutdown (exit handlers, threads started meanwhile) still runs ``EXIT_WATCHDOG_S`` seconds later."""
+    stop_dataloader_workers(every_daemon=own_process)
+    uninstall_signal_handlers()
+    if not own_process:
+        return
+    main = threading.main_thread()
+    others = [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
+    deadline = time.monotonic() + THREAD_GRACE_S
+    for thread in others:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if any(thread.is_alive() for thread in others):  # nothing will ever join them: exit without waiting
+        _flush_all()
+        os._exit(status)
+
+    def watchdog() -> None:
+        time.sleep(EXIT_WATCHDOG_S)
+        os.write(2, f'(the process did not end {EXIT_WATCHDOG_S} s after the failure; exiting now)\n'.encode())
+        os._exit(status)
+
+    threading.Thread(target=watchdog, name='lksmn-exit-watchdog', daemon=True).start()
 
 
 def _shielded_worker_init_fn(worker_id: int, num_workers: int, rank: int, seed: int) -> None:
@@ -211,8 +304,17 @@ def shield_dataloader_workers() -> None:
     SIGTERM/SIGINT. Schedulers (Slurm) and Ctrl-C signal the whole process group; torch's workers die on
     SIGTERM (and quit on SIGINT), and the trainer would then fail with "DataLoader worker is killed" before
     it could save. Shielded workers keep serving batches; they still exit when the trainer does (torch
-    shuts them down, or its watchdog notices the parent is gone). Call before the dataloaders are built."""
+    shuts them down, or its watchdog notices the parent is gone; at interpreter exit, ``stop_dataloader_workers``
+    ends those still alive, which multiprocessing's exit handler could not). Call before the dataloaders are
+    built."""
+    global _workers_stopped_at_exit
     basicsr.data.worker_init_fn = _shielded_worker_init_fn
+    if not _workers_stopped_at_exit:  # registered after multiprocessing's exit handler, so it runs first
+        atexit.register(stop_dataloader_workers)
+        _workers_stopped_at_exit = True
+
+
+_workers_stopped_at_exit = False
 
 
 # --- epochs: BasicSR passes the epoch to the sampler, not to the model --------------------------------
@@ -315,11 +417,7 @@ class LKSMNModel(SRModel):
 
     def init_training_settings(self) -> None:
         """SRModel's, plus ``train.max_nonfinite_steps``."""
-        value = self.opt['train'].get('max_nonfinite_steps', DEFAULT_MAX_NONFINITE_STEPS)
-        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                or value != int(value) or value < 1):
-            raise TrainingError(f'train.max_nonfinite_steps must be a whole number >= 1, got {value!r}')
-        self.max_nonfinite_steps = int(value)
+        self.max_nonfinite_steps = check_nonfinite_limit(self.opt['train'])
         super().init_training_settings()
 
     def setup_optimizers(self) -> None:
@@ -363,7 +461,7 @@ class LKSMNModel(SRModel):
             if key.startswith('module.'):
                 checkpoint[key[len('module.'):]] = checkpoint.pop(key)
         try:
-            check_finite(checkpoint, load_path)
+            check_weights(checkpoint, load_path)
         except CheckpointError as error:
             raise TrainingError(str(error)) from None
         self._print_different_keys_loading(net, checkpoint, strict)

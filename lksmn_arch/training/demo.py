@@ -18,13 +18,38 @@ import yaml
 import lksmn_arch  # noqa: F401  (compat fixes before basicsr)
 from basicsr.metrics import calculate_psnr, calculate_ssim
 
-from lksmn_arch.training.pipeline import run_testing, run_training
+from lksmn_arch.errors import TrainingError
+from lksmn_arch.training.pipeline import OptionsError, run_testing, run_training
+from lksmn_arch.utils.checkpoint import CheckpointError
 from lksmn_arch.data.prepare import SubImageSettings, bicubic_upscale, prepare_benchmark, prepare_div2k
 from lksmn_arch.data.sample_photos import TEST_PHOTOS, TRAIN_PHOTOS, write_photos
 
 SCALE = 4
 NAME = 'LKSMN_x4_demo'
 MARKER = '.lksmn-demo'  # marks a folder the demo made, which a re-run may replace
+DEMO_FAILURES = (OptionsError, TrainingError, CheckpointError, OSError)  # one line each from lksmn-demo
+
+
+class DemoOutputError(ValueError):
+    """``--out`` cannot be used as the demo's output folder; the message says why."""
+
+
+def check_output_folder(out: Path, overwrite: bool) -> bool:
+    """Whether ``out`` must be emptied before the demo writes there (a previous demo output, or ``overwrite``);
+    ``DemoOutputError`` if it cannot be used: it or a folder above it is a file, or it holds files the demo did
+    not make and ``overwrite`` is not given."""
+    out = Path(out)
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            what = 'is a file' if folder == out else f'cannot be made: {folder} is a file'
+            raise DemoOutputError(f'--out {out} {what}, not a folder; pass --out a new or empty folder')
+        if folder.exists():
+            break
+    if not out.is_dir() or not any(out.iterdir()):
+        return False
+    if not overwrite and not (out / MARKER).is_file():
+        raise DemoOutputError(f'{out} is not empty; pass --overwrite to replace it or --out elsewhere')
+    return True
 
 
 def make_demo_data(data_root: Path) -> Dict[str, Path]:

@@ -15,26 +15,25 @@ import logging
 import os
 import re
 import sys
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import yaml
-
 import lksmn_arch  # noqa: F401  (compat fixes, LKSMN and LKSMNModel registered)
 from lksmn_arch.training import resume
+from lksmn_arch.training.options import (OptionsError, apply_force_yml, check_option_keys, check_option_values,
+                                         check_scale_values, read_option_file)
 from lksmn_arch.utils.checkpoint import CheckpointError
 from lksmn_arch.utils.atomic import check_writable
-from lksmn_arch.models.lksmn_model import TrainingInterrupted, exit_after_stop, shield_dataloader_workers
+from lksmn_arch.models.lksmn_model import (TrainingInterrupted, end_failed_run, exit_after_stop,
+                                           shield_dataloader_workers)
 from lksmn_arch.data.dataset_checks import DatasetError, check_dataset_options, name_files_in_sample_errors
 
 
 PLAIN_NAME = re.compile(r'^[A-Za-z0-9_.+-]{1,128}$')  # an experiment name: a folder name, nothing more
 SHIPPED_PREFIX = 'shipped:'  # path.pretrain_network_g: shipped:x4 = the model shipped in the package
-
-
-class OptionsError(ValueError):
-    """The option file cannot run: names the file, the key or the path at fault."""
+# OptionsError lives in training/options.py (the option-file checks) and is imported from here by the callers.
 
 
 def build_parser(prog: str, is_train: bool) -> argparse.ArgumentParser:
@@ -75,6 +74,8 @@ def find_option_file(opt_path: str) -> str:
     """``opt_path`` if it exists; else a shipped template of that name (``train_LKSMN_x4.yml``); OptionsError."""
     if Path(opt_path).is_file():
         return opt_path
+    if Path(opt_path).is_dir():
+        raise OptionsError(f'option file {opt_path} is a folder, not a YAML file')
     if os.sep not in opt_path and '/' not in opt_path:
         shipped = sorted(p for p in option_templates_dir().rglob('*.yml') if p.name == opt_path)
         if shipped:
@@ -85,26 +86,13 @@ def find_option_file(opt_path: str) -> str:
 
 
 def load_options(opt_path: str, force_yml: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Read an option file as BasicSR will (including ``--force_yml`` overrides)."""
-    path = Path(opt_path)
-    if not path.is_file():
-        raise OptionsError(f'option file {opt_path} does not exist')
-    try:
-        opt = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise OptionsError(f'option file {opt_path} is not valid YAML: {error}') from error
+    """Read an option file as BasicSR will (including ``--force_yml`` overrides), before BasicSR does: a binary
+    file, a YAML alias bomb, a repeated key or a ``--force_yml`` entry that does not parse is an ``OptionsError``
+    (``lksmn_arch.training.options``), so that BasicSR's own reading never sees them."""
+    opt = read_option_file(opt_path)
     if not isinstance(opt, dict):
         raise OptionsError(f'option file {opt_path} does not hold a mapping of options')
-    from basicsr.utils.options import _postprocess_yml_value
-    for entry in force_yml or []:
-        keys, _, value = entry.partition('=')
-        *parents, last = keys.strip().split(':')
-        node = opt
-        for key in parents:
-            node = node.get(key) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or last not in node:
-            raise OptionsError(f'--force_yml {entry}: {keys.strip()} is not a key of {opt_path}')
-        node[last] = _postprocess_yml_value(value.strip())
+    apply_force_yml(opt, force_yml or [], opt_path)
     return opt
 
 
@@ -118,9 +106,17 @@ def _require(opt: Dict[str, Any], keys: str, opt_path: str) -> Any:
 
 
 def check_options(opt: Dict[str, Any], opt_path: str, is_train: bool) -> None:
-    """Raise ``OptionsError`` for what would otherwise fail later with an obscure message."""
+    """Raise ``OptionsError`` for what would otherwise fail later with an obscure message (or run wrongly):
+    near-miss keys, missing keys, values of the wrong type or range, paths and datasets that cannot be read."""
+    check_option_keys(opt, opt_path)
     for key in ('name', 'model_type', 'num_gpu', 'network_g', 'datasets', 'path'):
         _require(opt, key, opt_path)
+    if not isinstance(opt['path'], dict):
+        raise OptionsError(f'{opt_path}: path must be a mapping (pretrain_network_g, resume_state, ...), got '
+                           f'{opt["path"]!r}')
+    if not isinstance(opt['datasets'], dict):
+        raise OptionsError(f'{opt_path}: datasets must be a mapping of phases (train, val...), got '
+                           f'{opt["datasets"]!r}')
     num_gpu = opt['num_gpu']
     if num_gpu != 'auto' and (type(num_gpu) is not int or num_gpu < 0):
         raise OptionsError(f"{opt_path}: num_gpu must be 'auto' or a number >= 0, got {num_gpu!r}")
@@ -136,6 +132,7 @@ def check_options(opt: Dict[str, Any], opt_path: str, is_train: bool) -> None:
     scale = opt.get('scale')
     if not isinstance(network, dict):
         raise OptionsError(f'{opt_path}: network_g must be a mapping of the network\'s type and arguments')
+    check_scale_values(opt, opt_path)
     if network.get('type') == 'LKSMN':
         upscale = network.get('upscale', 4)
         if scale is None:
@@ -150,19 +147,29 @@ def check_options(opt: Dict[str, Any], opt_path: str, is_train: bool) -> None:
             LKSMN(**{k: v for k, v in network.items() if k != 'type'})
         except (TypeError, ValueError) as error:
             raise OptionsError(f'{opt_path}: network_g: {error}') from None
-    for key, value in (opt.get('path') or {}).items():
-        if key.startswith('pretrain_network') and value and not Path(os.path.expanduser(value)).is_file():
-            raise OptionsError(f'{opt_path}: path.{key} {value} does not exist')
     if is_train:
         _require(opt, 'logger.use_tb_logger', opt_path)
-        _require(opt, 'train.total_iter', opt_path)
         if 'train' not in opt['datasets']:
             raise OptionsError(f'{opt_path}: missing key datasets.train')
+    check_option_values(opt, opt_path, is_train)
+    for key, value in opt['path'].items():
+        if not str(key).startswith('pretrain_network') or not value:
+            continue  # path.resume_state: checked by resume.load_resume_state (ignored with --auto_resume)
+        if not isinstance(value, str):
+            raise OptionsError(f'{opt_path}: path.{key} must be a file path, got {value!r}')
+        path = Path(os.path.expanduser(value))
+        if path.is_dir():
+            raise OptionsError(f'{opt_path}: path.{key} {value} is a folder, not a checkpoint file; name the .pth '
+                               f'file in it (e.g. {Path(value) / "net_g_latest.pth"})')
+        if not path.is_file():
+            raise OptionsError(f'{opt_path}: path.{key} {value} does not exist')
     if not opt['datasets']:
         raise OptionsError(f'{opt_path}: datasets is empty')
     for phase, dataset_opt in opt['datasets'].items():
+        training_patches = is_train and str(phase).split('_')[0] == 'train'
+        patch = dataset_opt.get('gt_size') if training_patches and isinstance(dataset_opt, dict) else None
         try:
-            check_dataset_options(dataset_opt, scale, f'datasets.{phase}')
+            check_dataset_options(dataset_opt, scale, f'datasets.{phase}', patch_size=patch)
         except DatasetError as error:
             raise OptionsError(f'{opt_path}: {error}') from error
 
@@ -319,21 +326,68 @@ def run_testing(argv: Optional[Sequence[str]] = None, root_path: Optional[str] =
         basicsr.test.test_pipeline(os.path.abspath(root_path or os.getcwd()))
 
 
+def _one_line(error: BaseException) -> str:
+    """``Type: message`` on one line; for an error re-raised from a DataLoader worker (whose message holds the
+    worker's traceback), the worker's original error."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if any(line.startswith('Original Traceback') for line in lines):
+        return re.sub(r'^[\w.]+\.(\w+): ', r'\1: ', lines[-1])
+    return f'{type(error).__name__}: {lines[0]}' if lines else type(error).__name__
+
+
+def _log_files() -> List[str]:
+    """The files BasicSR's logger writes this run's log to (none before it is set up)."""
+    return [handler.baseFilename for handler in logging.getLogger('basicsr').handlers
+            if isinstance(handler, logging.FileHandler)]
+
+
+def _record_traceback(error: BaseException) -> None:
+    """Write ``error``'s traceback to the run's log files only (the console gets one line)."""
+    logger = logging.getLogger('basicsr')
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, 'The run failed:', None,
+                               (type(error), error, error.__traceback__))
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+            handler.flush()
+
+
 def cli(runner, prog: str, argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``runner``; an ``OptionsError`` becomes a one-line message and exit status 2, a training fault
-    status 1. A run stopped by SIGTERM/SIGINT after saving ends the process here with 128 + signal
-    (``exit_after_stop``), once the training loop has unwound."""
+    """Run ``runner`` and return the exit status, printing one line on stderr for any failure: an
+    ``OptionsError`` (the user's option file or command line) is status 2; a training fault (an unsafe or corrupt
+    checkpoint, a failed save, NaNs) or any other exception is status 1 (its traceback goes to the run's log file,
+    and to stderr as well with ``--debug``); Ctrl-C before the training loop's handler takes over is 130. A failed
+    run's DataLoader workers are stopped and SIGTERM/SIGINT get their usual meaning back; with ``argv`` None (the
+    process's own command line) the process is also made to end even if the run left threads that would keep it
+    alive (``end_failed_run``). A run stopped by SIGTERM/SIGINT after saving ends the process here with
+    128 + signal (``exit_after_stop``), once the training loop has unwound."""
     stopped: Optional[int] = None
+    status = 0
+    debug = '--debug' in (sys.argv[1:] if argv is None else argv)
     try:
         runner(argv, prog=prog)
     except OptionsError as error:
         print(f'{prog}: error: {error}', file=sys.stderr)
         return 2
-    except (resume.TrainingError, CheckpointError) as error:  # unsafe/corrupt checkpoint, failed save, NaNs
-        print(f'{prog}: error: {error}', file=sys.stderr)
-        return 1
     except TrainingInterrupted as stop:
         stopped = stop.code
+    except KeyboardInterrupt:
+        print(f'{prog}: interrupted (Ctrl-C); checkpoints saved before it are kept', file=sys.stderr)
+        status = 130
+    except Exception as error:  # noqa: BLE001  (any failure: one line, not a traceback)
+        if debug:
+            traceback.print_exception(type(error), error, error.__traceback__)
+        _record_traceback(error)
+        if isinstance(error, (resume.TrainingError, CheckpointError)):  # the message says it all
+            message = ' '.join(str(error).split())
+        else:
+            logs = _log_files()
+            where = f'; the traceback is in {logs[0]}' if logs else '' if debug else '; --debug shows the traceback'
+            message = f'the run failed: {_one_line(error)}{where}'
+        print(f'{prog}: error: {message}', file=sys.stderr, flush=True)
+        status = 1
     if stopped is not None:  # outside the except clause: the loop's frames (and DataLoader iterators) are freed
         exit_after_stop(stopped)
-    return 0
+    if status:
+        end_failed_run(status, own_process=argv is None)
+    return status

@@ -85,10 +85,10 @@ def _check_weights(path: Path) -> None:
     checkpoint = load_trusted(path)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get('params'), dict):
         raise ValueError(f'{path.name} holds no params')
-    for key, params in checkpoint.items():
-        for name, tensor in (params.items() if isinstance(params, dict) else []):
-            if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise ValueError(f'{path.name} has non-finite values in {key}.{name}')
+    from lksmn_arch.utils.checkpoint import check_weights  # floating point and finite, as every reader checks
+    for params in checkpoint.values():
+        if isinstance(params, dict):
+            check_weights({name: t for name, t in params.items() if torch.is_tensor(t)}, path.name)
 
 
 def verify(iteration: Optional[int], state_path: Path, opt: Dict[str, Any]) -> Dict[str, Any]:

@@ -365,8 +365,6 @@ def check_weights(state_dict: Mapping[str, torch.Tensor], path: PathLike) -> Non
                                   'weights that cannot give a valid image (was the training diverging?)')
 
 
-check_finite = check_weights  # the earlier name
-
 
 def build_model_from_checkpoint(path: PathLike) -> Tuple[LKSMN, Dict[str, object]]:
     """Load ``path``, infer its hyperparameters and return ``(model, config)``: an eval-mode LKSMN on the CPU.
