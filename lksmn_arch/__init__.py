@@ -1,20 +1,48 @@
 """lksmn_arch: LKSMN for lightweight image super-resolution, as a BasicSR 1.4.2 plugin.
 
 Importing the package applies the compatibility fixes of ``lksmn_arch.compat`` (before basicsr is
-imported) and registers ``LKSMN`` in BasicSR's ``ARCH_REGISTRY``, so that
-``basicsr.archs.build_network({'type': 'LKSMN', 'upscale': 4})`` works in any BasicSR project.
+imported) and registers ``LKSMN`` in BasicSR's ``ARCH_REGISTRY`` (and ``LKSMNModel`` in its
+``MODEL_REGISTRY``), so that ``basicsr.archs.build_network({'type': 'LKSMN', 'upscale': 4})`` works in any
+BasicSR project: that is ``load()``, which runs on import.
+
+The one exception is the ``lksmn-upscale`` command, whose ``--help`` and argument errors should answer in well
+under a second, not after the seconds torch and BasicSR take to import: when the running program is that
+console script, the import only defines ``load()``, and the command calls it once its arguments are parsed.
 """
-from .compat import apply as _apply_compat
+import os
+import sys
+from typing import Any
 
-_apply_compat()
+from .version import __version__
 
-from .registry import tolerate_reregistration  # noqa: E402
+# console scripts that call load() themselves, after parsing their arguments
+DEFERRED_LOAD_COMMANDS = ('lksmn-upscale',)
+_loaded = False
 
-tolerate_reregistration()
 
-from .archs import *  # noqa: E402,F401,F403
-from .models import *  # noqa: E402,F401,F403
-from .archs.lksmn_arch import LKSMN  # noqa: E402
-from .version import __version__  # noqa: E402
+def load() -> None:
+    """Apply the compatibility fixes and register LKSMN and LKSMNModel with BasicSR (idempotent)."""
+    global _loaded
+    if _loaded:
+        return
+    from .compat import apply as apply_compat
+    apply_compat()
+    from .registry import tolerate_reregistration
+    tolerate_reregistration()
+    from . import archs, models  # noqa: F401  (their modules register their classes)
+    _loaded = True
 
-__all__ = ['LKSMN', '__version__']
+
+def __getattr__(name: str) -> Any:
+    if name == 'LKSMN':
+        load()
+        from .archs.lksmn_arch import LKSMN
+        return LKSMN
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+_program = os.path.basename(sys.argv[0]) if getattr(sys, 'argv', None) else ''
+if _program not in DEFERRED_LOAD_COMMANDS:
+    load()
+
+__all__ = ['LKSMN', '__version__', 'load']

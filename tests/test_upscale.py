@@ -2,6 +2,7 @@
 import os
 import runpy
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -197,3 +198,14 @@ def test_quiet_still_names_the_model_and_the_backend_that_ran(tmp_path, checkpoi
     out = capsys.readouterr().out.splitlines()
     assert f'model: {checkpoint} (x{SCALE})' in out
     assert any(line.startswith('backend: PyTorch (--backend torch)') for line in out)
+
+
+@pytest.mark.parametrize('args', [['--help'], ['-i', 'x.png', '-o', 'out', '--max-pixels', 'inf'],
+                                  ['-i', 'x.png', '-o', 'out', '--tile', 'big']])
+def test_help_and_argument_errors_answer_without_loading_torch_or_basicsr(tmp_path, args):
+    script = Path(sys.executable).parent / 'lksmn-upscale'  # the console script users run
+    done = subprocess.run([str(script), *args], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env={**os.environ, 'PYTHONPROFILEIMPORTTIME': '1'})
+    imported = {line.split('|')[-1].strip() for line in done.stderr.splitlines() if line.startswith('import time:')}
+    assert done.returncode in (0, 2) and imported
+    assert not {'torch', 'basicsr', 'cv2', 'numpy'} & imported

@@ -4,10 +4,9 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from lksmn_arch.inference.upscaler import ALPHA_MODES, PRECISIONS
+from lksmn_arch.inference.choices import (ALPHA_MODES, BACKENDS, DEFAULT_MAX_PIXELS, DEVICES, OUTPUT_EXTENSIONS,
+                                          PRECISION_NAMES, parse_max_pixels)
 from lksmn_arch.inference.memory import parse_memory
-from lksmn_arch.inference.files import (BACKENDS, DEFAULT_MAX_PIXELS, DEVICES, OUTPUT_EXTENSIONS, parse_max_pixels,
-                                        upscale_paths)
 
 
 def _tile_value(text: str):
@@ -45,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--tile-pad', type=int, default=32,
                         help='context pixels around each tile, also the half-width of the blending band (default 32)')
     parser.add_argument('--device', default='auto', choices=DEVICES, help='default auto: CUDA if available')
-    parser.add_argument('--precision', default='fp32', choices=tuple(PRECISIONS),
+    parser.add_argument('--precision', default='fp32', choices=PRECISION_NAMES,
                         help='fp32 (default), bf16 (PyTorch and OpenVINO), or fp16 (CUDA only; refused on the CPU)')
     parser.add_argument('--tta', action='store_true', help='x8 self-ensemble (flips/rotations averaged; 8x slower)')
     parser.add_argument('--suffix', default=None, help='added to output file names (default _x<scale>)')
@@ -78,9 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``lksmn-upscale``: 0 if every image was written, 1 if some failed, 2 on set-up errors."""
     args = build_parser().parse_args(argv)
-    try:
+    try:  # argument errors are answered before torch and BasicSR load
         max_pixels = parse_max_pixels(args.max_pixels)
         max_memory = None if args.max_memory is None else parse_memory(args.max_memory)
+    except ValueError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    try:
+        import lksmn_arch
+        lksmn_arch.load()  # torch, BasicSR and the compatibility fixes (a Ctrl-C meanwhile is one line too)
+        from lksmn_arch.inference.files import upscale_paths
         report = upscale_paths(args.input, args.output, args.model, tile=args.tile, tile_pad=args.tile_pad,
                                max_memory=max_memory,
                                device=args.device, precision=args.precision, tta=args.tta, suffix=args.suffix,

@@ -32,19 +32,17 @@ import numpy as np
 from tqdm import tqdm
 
 from lksmn_arch.utils.atomic import replace_atomically
-from lksmn_arch.inference.upscaler import ALPHA_MODES, Upscaler, check_tiling
+from lksmn_arch.inference.choices import (ALPHA_MODES, BACKENDS, DEFAULT_MAX_PIXELS, DEVICES, OUTPUT_EXTENSIONS,
+                                          parse_max_pixels)
+from lksmn_arch.inference.upscaler import Upscaler, check_tiling
 
 PathLike = Union[str, os.PathLike]
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.tif', '.tiff')
-OUTPUT_EXTENSIONS = ('auto', 'png', 'jpg', 'webp')
-BACKENDS = ('auto', 'torch', 'onnxruntime', 'openvino')
-DEVICES = ('auto', 'cpu', 'cuda')
 _KEEPS_ALPHA = {'.png', '.webp', '.tif', '.tiff'}
 _KEEPS_16_BIT = {'.png', '.tif', '.tiff'}
 _EXIF_ORIENTATION = 0x0112
 _LOSSY_QUALITY = 95
-DEFAULT_MAX_PIXELS = 50_000_000  # an 8K photo is 33 MP; its x4 float32 output alone is 1.5 GiB
 MAX_HEADER_BYTES = 64 * 2**20  # room for metadata (ICC profiles, EXIF thumbnails) beyond the pixels
 # what Pillow calls the formats read here: PPM/PGM (OpenCV reads them too) are allowed, anything else refused
 DECODED_FORMATS = {'PNG', 'JPEG', 'MPO', 'WEBP', 'BMP', 'DIB', 'TIFF', 'PPM'}
@@ -148,17 +146,6 @@ def check_header(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[
     if kind not in DECODED_FORMATS:
         raise ValueError(f'it is a {kind} image, not one of {", ".join(sorted(DECODED_FORMATS))}: not read')
     return width, height
-
-
-def parse_max_pixels(text: str) -> int:
-    """``--max-pixels``: a positive, finite count (``50e6`` allowed); ValueError naming the value otherwise."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float('nan')
-    if not (value >= 1 and value != float('inf')):
-        raise ValueError(f'--max-pixels {text!r} must be a positive number of pixels, such as 50e6')
-    return int(value)
 
 
 def read_image(path: PathLike) -> Tuple[np.ndarray, int]:

@@ -13,9 +13,9 @@ from torch import nn
 from tqdm import tqdm
 
 from lksmn_arch.archs.complexity import resolve_device
+from lksmn_arch.inference.choices import ALPHA_MODES
 
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
-ALPHA_MODES = ('network', 'bicubic')
 
 # A network: anything that maps a (N, C, H, W) float tensor to (N, C_out, H*s, W*s). An nn.Module is moved to
 # the device and precision; any other callable (the ONNX Runtime wrapper) gets CPU float32 tensors.
