@@ -5,9 +5,10 @@ imported) and registers ``LKSMN`` in BasicSR's ``ARCH_REGISTRY`` (and ``LKSMNMod
 ``MODEL_REGISTRY``), so that ``basicsr.archs.build_network({'type': 'LKSMN', 'upscale': 4})`` works in any
 BasicSR project: that is ``load()``, which runs on import.
 
-The one exception is the ``lksmn-upscale`` command, whose ``--help`` and argument errors should answer in well
-under a second, not after the seconds torch and BasicSR take to import: when the running program is that
-console script, the import only defines ``load()``, and the command calls it once its arguments are parsed.
+The exceptions are three console scripts: ``lksmn-upscale``, whose ``--help`` and argument errors should answer
+in well under a second, not after the seconds torch and BasicSR take to import, and ``lksmn-train`` and
+``lksmn-test``, which turn a Ctrl-C during those seconds into one line. When the running program is one of
+them, the import only defines ``load()``, and the command calls it itself.
 """
 import os
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 from .version import __version__
 
 # console scripts that call load() themselves, after parsing their arguments
-DEFERRED_LOAD_COMMANDS = ('lksmn-upscale',)
+DEFERRED_LOAD_COMMANDS = ('lksmn-upscale', 'lksmn-train', 'lksmn-test')
 _loaded = False
 
 

@@ -164,3 +164,22 @@ def test_debug_shows_the_traceback_of_a_failed_run(capsys, no_run_log):
     err = capsys.readouterr().err
     assert 'Traceback (most recent call last)' in err
     assert err.strip().splitlines()[-1] == 'lksmn-train: error: the run failed: RuntimeError: boom'
+
+
+def test_ctrl_c_while_torch_and_basicsr_load_is_one_line_and_status_130(monkeypatch, capsys):
+    from lksmn_arch.cli import test as test_cli
+    from lksmn_arch.cli import train as train_cli
+
+    class InterruptedImport:
+        """Ctrl-C in the seconds the pipeline's import (torch, BasicSR) takes."""
+
+        def find_spec(self, name, path=None, target=None):
+            if name == 'lksmn_arch.training.pipeline':
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, 'lksmn_arch.training.pipeline')
+    monkeypatch.setattr(sys, 'meta_path', [InterruptedImport()] + sys.meta_path)
+    for command, main in (('lksmn-train', train_cli.main), ('lksmn-test', test_cli.main)):
+        assert main(['-opt', 'x.yml']) == 130
+        assert capsys.readouterr().err.strip() == f'{command}: interrupted while starting; nothing was written'

@@ -80,8 +80,8 @@ def cpu_has_native_bf16() -> bool:
 def training_path(train_opt: Dict[str, Any], device_type: str) -> Tuple[bool, Optional[torch.dtype], List[str]]:
     """(channels_last, autocast dtype or None, lines to log) from ``train.channels_last`` (auto, true, false) and
     ``train.precision`` (auto, fp32, bf16, fp16). auto: on a CPU, channels_last, and bf16 where the CPU has it
-    natively (faster there by the issue's AVX-512 BF16 figures, not yet re-measured with benchmarks/train_speed.py;
-    on an AVX2 CPU channels_last measured level with NCHW), fp32 otherwise; on CUDA, fp32
+    natively (the fastest eager path measured there by benchmarks/train_speed.py: 1.26x fp32 NCHW at LR patch 16,
+    1.91x at 32; on an AVX2 CPU channels_last measured level with NCHW), fp32 otherwise; on CUDA, fp32
     NCHW (BasicSR's path) until a GPU measurement says otherwise. A precision the device cannot run fast falls
     back to fp32 with a line that says so. Weights, optimizer, EMA, checkpoints and validation stay fp32."""
     lines: List[str] = []

@@ -20,7 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import lksmn_arch  # noqa: F401  (compat fixes, LKSMN and LKSMNModel registered)
+import lksmn_arch
+
+lksmn_arch.load()  # compat fixes, LKSMN and LKSMNModel registered, before anything below imports basicsr
+
 from lksmn_arch.training import resume
 from lksmn_arch.training.options import (OptionsError, apply_force_yml, check_option_keys, check_option_values,
                                          check_scale_values, read_option_file)
