@@ -147,13 +147,15 @@ class OpenVinoModel:
     tensors.
 
     Each input shape gets its own static compilation (about 0.2 s for LKSMN on a 2-core CPU), kept for the
-    ``cache_size`` most recent shapes: static shapes ran 10% faster than one dynamic compilation here, so a
-    folder of images of one size, or tiles, pays it once. ``precision`` 'bf16' runs bfloat16 where the CPU
+    ``cache_size`` most recent shapes (default 2): static shapes ran 10% faster than one dynamic compilation
+    here, so a folder of images of one size, or tiles (which have one shape), pays it once. Each compiled
+    shape holds its own working memory, about one pass's worth: with 8 kept, a folder of 20 photos of mixed
+    sizes peaked at 5.8 GB (benchmarks/upscale_speed.py), so only two are kept. ``precision`` 'bf16' runs bfloat16 where the CPU
     has it (OpenVINO's inference precision hint); 'fp32' keeps float32.
     """
 
     def __init__(self, path: PathLike, precision: str = 'fp32', threads: Optional[int] = None,
-                 cache_size: int = 8) -> None:
+                 cache_size: int = 2) -> None:
         import openvino as ov
 
         self.path = Path(path)
