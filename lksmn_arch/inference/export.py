@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lksmn_arch.errors import first_line
 from lksmn_arch.utils.atomic import replace_atomically
 from lksmn_arch.utils.checkpoint import build_model_from_checkpoint
 
@@ -168,7 +169,7 @@ class OpenVinoModel:
         try:
             self._model = self._core.read_model(str(self.path))
         except Exception as error:  # OpenVINO raises its own exception types, with many-line messages
-            raise ValueError(f'cannot load ONNX model {self.path} with OpenVINO: {_first_line(error)}') from error
+            raise ValueError(f'cannot load ONNX model {self.path} with OpenVINO: {first_line(error, 300)}') from error
         if len(self._model.inputs) != 1 or self._model.inputs[0].get_partial_shape().rank.get_length() != 4:
             raise ValueError(f'{self.path}: expected one 4D (N, C, H, W) input')
         self._cache_size = cache_size
@@ -224,11 +225,6 @@ def openvino_infer(request: Any, output_shape: Tuple[int, ...], x: torch.Tensor)
     return out
 
 
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(error).__name__
-
-
 def check_onnx_file(path: Path) -> None:
     """ValueError (one line, naming the file) unless ``path`` parses as an ONNX model (its graph, without
     external weights)."""
@@ -236,7 +232,7 @@ def check_onnx_file(path: Path) -> None:
     try:
         onnx.load(str(path), load_external_data=False)
     except Exception as error:  # noqa: BLE001  (protobuf's DecodeError and friends)
-        raise ValueError(f'cannot load ONNX model {path}: not a valid ONNX file ({_first_line(error)})') from None
+        raise ValueError(f'cannot load ONNX model {path}: not a valid ONNX file ({first_line(error, 300)})') from None
 
 
 def _onnx_metadata(path: Path) -> Dict[str, str]:
@@ -279,7 +275,7 @@ def create_session(path: PathLike, device: str = 'auto',
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
-        raise ValueError(f'cannot load ONNX model {path}: {_first_line(error)}') from error
+        raise ValueError(f'cannot load ONNX model {path}: {first_line(error, 300)}') from error
 
 
 def max_abs_difference(model: nn.Module, onnx_path: PathLike,

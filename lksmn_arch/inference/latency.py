@@ -23,6 +23,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 import torch
 from torch import nn
 
+from lksmn_arch.errors import first_line
+
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 # fp32 paths first; a 'bf16 ' prefix runs the same path in bfloat16 (PyTorch paths only).
@@ -212,7 +214,7 @@ def time_interleaved(forwards: Dict[str, Forward], x: torch.Tensor, *, rounds: i
                 alive.pop(name)
                 first[name] = float('nan')
                 if on_progress:
-                    on_progress(f'{name}: failed: {type(error).__name__}: {_first_line(error)}')
+                    on_progress(f'{name}: failed: {type(error).__name__}: {first_line(error, 160)}')
                 continue
             first[name] = time.perf_counter() - start
             if on_progress:
@@ -227,11 +229,6 @@ def time_interleaved(forwards: Dict[str, Forward], x: torch.Tensor, *, rounds: i
                 if round_index >= warmup:
                     times[name].append(time.perf_counter() - start)
     return times, first
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:160] if text else 'no details'
 
 
 def median(values: Sequence[float]) -> Optional[float]:

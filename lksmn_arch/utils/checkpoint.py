@@ -20,6 +20,7 @@ from typing import Dict, List, Mapping, Tuple, Union
 import torch
 
 from lksmn_arch.archs.lksmn_arch import LKSMN, NAMED_CONFIGS, SUPPORTED_SCALES
+from lksmn_arch.errors import first_line
 
 PathLike = Union[str, os.PathLike]
 StateDict = Dict[str, torch.Tensor]
@@ -76,7 +77,7 @@ def read_checkpoint(path: PathLike) -> object:
         raise CheckpointError(f'cannot read checkpoint {path}: {error}') from error
     except Exception as error:  # torch.load fails on garbage with arbitrary types (EOFError, IndexError, ...)
         raise CheckpointError(f'cannot read checkpoint {path}: it is not a valid PyTorch file, or it is corrupt '
-                              f'or truncated ({type(error).__name__}: {_first_line(error)})') from error
+                              f'or truncated ({type(error).__name__}: {first_line(error)})') from error
 
 
 MAX_EXPANSION = 4  # torch.save stores its entries uncompressed: what a file unpacks to is about its own size
@@ -111,7 +112,7 @@ def read_safetensors(path: Path) -> StateDict:
         return load_file(str(path), device='cpu')
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f'cannot read checkpoint {path}: not a valid .safetensors file '
-                              f'({_first_line(error)})') from error
+                              f'({first_line(error)})') from error
 
 
 def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: PathLike, config: Mapping[str, object]) -> Path:
@@ -129,7 +130,7 @@ def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: PathLike, con
         except Exception as error:  # safetensors' own error type for a failed write (full disk, I/O error)
             if isinstance(error, OSError):
                 raise
-            raise OSError(f'cannot write {path}: {_first_line(error)}') from error
+            raise OSError(f'cannot write {path}: {first_line(error)}') from error
         os.chmod(temp, new_file_mode())  # safetensors may write its file private (0600): give it a file's usual mode
 
     replace_atomically(path, write)
@@ -148,11 +149,6 @@ def load_state_dict(path: PathLike) -> StateDict:
             truncated, or holds no state dict.
     """
     return _select_state_dict(Path(path), read_checkpoint(path))
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else 'no details'
 
 
 def _explain_refusal(path: Path, error: pickle.UnpicklingError) -> CheckpointError:
