@@ -31,6 +31,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import cv2
 import yaml
 
+from report import save_report  # benchmarks/report.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / 'options' / 'train_LKSMN_x4_openphotos.yml'
 SCALE = 4
@@ -177,12 +179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         patch, batch, _, _ = RECIPES[name]
         iterations = int(round(args.minutes * 60 / seconds_per_iteration(speed, patch, batch), -1))
         results['runs'].append(run_recipe(name, data, out, iterations, args.nice))
-        table = format_table(results)
-        print(table, flush=True)
-        for path, text in ((args.json, json.dumps(results, indent=1) + '\n'), (args.markdown, table)):
-            if path:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text)
+        save_report(results, args.json, format_table(results), args.markdown)  # after every recipe
     return 0
 
 

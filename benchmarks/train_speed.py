@@ -19,7 +19,6 @@ The markdown table goes verbatim into docs/training.md.
 import argparse
 import contextlib
 import io
-import json
 import platform
 import statistics
 import sys
@@ -34,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lksmn_arch  # noqa: E402,F401  (compatibility fixes before basicsr; registers LKSMN)
 
-from lksmn_arch.utils.atomic import replace_atomically  # noqa: E402
+from report import save_report  # noqa: E402
 from lksmn_arch.inference.latency import cpu_name  # noqa: E402
 from lksmn_arch.models.lksmn_model import LKSMNModel, cpu_has_native_bf16, training_path  # noqa: E402
 
@@ -239,13 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print('train_speed.py: error: SAFMN needs spandrel (pip install -e ".[bench]")', file=sys.stderr)
             return 2
     results = measure(args)
-    if args.json:
-        text = json.dumps(results, indent=1) + '\n'
-        replace_atomically(args.json, lambda temp: temp.write_text(text), durable=False)
-    table = format_table(results)
-    print(table)
-    if args.markdown:
-        replace_atomically(args.markdown, lambda temp: temp.write_text(table), durable=False)
+    save_report(results, args.json, format_table(results), args.markdown)
     return 0
 
 

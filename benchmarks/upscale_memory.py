@@ -20,6 +20,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / 'benchmarks'))
+
+from report import save_report  # noqa: E402
 
 # (backend, precision) pairs measured; OpenVINO and ONNX Runtime only where installed
 CONFIGS = [('torch', 'fp32'), ('torch', 'bf16'), ('openvino', 'fp32'), ('openvino', 'bf16'), ('onnxruntime', 'fp32')]
@@ -89,11 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--json', type=Path, help='write the memory model here')
     args = parser.parse_args(argv)
     results = measure(args.sizes)
-    text = json.dumps(results, indent=1) + '\n'
-    if args.json:
-        from lksmn_arch.utils.atomic import replace_atomically
-        replace_atomically(args.json, lambda temp: temp.write_text(text), durable=False)
-    print(text)
+    save_report(results, args.json)
     return 0
 
 

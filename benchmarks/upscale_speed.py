@@ -15,7 +15,6 @@ tiles, as chaiNNer's default) when the whole image does not fit in half the free
 Run it on a quiet machine; the markdown goes verbatim into docs/upscaling.md.
 """
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -31,6 +30,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'benchmarks'))
+
+from report import save_report  # noqa: E402
 
 SIZES_MP = (0.5, 3.0, 12.0)
 
@@ -167,14 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--markdown', type=Path)
     args = parser.parse_args(argv)
     results = measure(args.photo, args.folder_count, args.sizes)
-    from lksmn_arch.utils.atomic import replace_atomically
-    if args.json:
-        text = json.dumps(results, indent=1) + '\n'
-        replace_atomically(args.json, lambda temp: temp.write_text(text), durable=False)
-    table = format_table(results)
-    print(table)
-    if args.markdown:
-        replace_atomically(args.markdown, lambda temp: temp.write_text(table), durable=False)
+    save_report(results, args.json, format_table(results), args.markdown)
     return 0
 
 
