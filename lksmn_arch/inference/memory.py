@@ -7,6 +7,7 @@ of the kernel's MemAvailable and what the cgroup (container, systemd slice) stil
 ``torch.cuda.mem_get_info``. ``--tile auto`` runs the whole image when its pass fits in ``SAFETY`` of that,
 after the output's own buffers, and otherwise the largest tile that does.
 """
+import functools
 import json
 import math
 import os
@@ -91,22 +92,19 @@ def available_memory(device_type: str = 'cpu') -> int:
 
 # --- the model ---------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
 def _load_model() -> Dict[Tuple[str, str], Tuple[float, float]]:
+    """(backend, precision) -> (intercept bytes, bytes per input pixel), read once from ``MODEL_FILE``."""
     data = json.loads(MODEL_FILE.read_text())
     return {(r['backend'], r['precision']): (float(r['intercept_bytes']), float(r['bytes_per_pixel']))
             for r in data['rows']}
 
 
-_MODEL: Optional[Dict[Tuple[str, str], Tuple[float, float]]] = None
-
-
 def pass_bytes(pixels: int, backend: str = 'torch', precision: str = 'fp32', num_feat: int = REFERENCE_FEATURES) -> int:
     """The measured peak memory of one pass over ``pixels`` input pixels (no TTA) on this backend/precision.
     A pair that was not measured takes the costliest measured one."""
-    global _MODEL
-    if _MODEL is None:
-        _MODEL = _load_model()
-    intercept, per_pixel = _MODEL.get((backend, precision)) or max(_MODEL.values(), key=lambda v: v[1])
+    model = _load_model()
+    intercept, per_pixel = model.get((backend, precision)) or max(model.values(), key=lambda v: v[1])
     return int(intercept + per_pixel * pixels * max(1.0, num_feat / REFERENCE_FEATURES))
 
 
@@ -171,8 +169,8 @@ def parse_memory(text: str) -> int:
     """``--max-memory``: bytes from '6G', '512M', '2.5GiB' or a plain number of bytes; ValueError otherwise."""
     units = {'': 1, 'k': 2 ** 10, 'm': 2 ** 20, 'g': 2 ** 30, 't': 2 ** 40}
     value = text.strip().lower().removesuffix('ib').removesuffix('b')
-    unit = value[-1:] if value[-1:] in 'kmgt' and value[-1:] else ''
-    number = value[:-1] if unit else value
+    unit = value[-1] if value and value[-1] in units else ''
+    number = value[:len(value) - len(unit)]
     try:
         amount = float(number) * units[unit]
     except ValueError:
