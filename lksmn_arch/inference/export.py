@@ -106,6 +106,8 @@ class OnnxModel:
     on an 8x8 input. ``device`` 'auto' uses the CUDA execution provider when onnxruntime has one.
     """
 
+    backend = 'onnxruntime'  # the name memory.py's model knows it by
+
     def __init__(self, path: PathLike, device: str = 'auto', threads: Optional[int] = None) -> None:
         self.path = Path(path)
         self.session = create_session(self.path, device, threads=threads)
@@ -154,6 +156,8 @@ class OpenVinoModel:
     sizes peaked at 5.8 GB (benchmarks/upscale_speed.py), so only two are kept. ``precision`` 'bf16' runs bfloat16 where the CPU
     has it (OpenVINO's inference precision hint); 'fp32' keeps float32.
     """
+
+    backend = 'openvino'  # the name memory.py's model knows it by
 
     def __init__(self, path: PathLike, precision: str = 'fp32', threads: Optional[int] = None,
                  cache_size: int = 2) -> None:

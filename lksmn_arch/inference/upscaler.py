@@ -173,8 +173,7 @@ class Upscaler:
         self.in_channels = int(getattr(model, 'num_in_ch', getattr(model, 'in_channels', 3)))
         config = getattr(model, 'config', None) or {}
         self.num_feat = int(getattr(model, 'num_feat', config.get('num_feat', 48)))
-        self.backend_name = {'OpenVinoModel': 'openvino', 'OnnxModel': 'onnxruntime'}.get(type(model).__name__,
-                                                                                           'torch')
+        self.backend_name = getattr(model, 'backend', 'torch')  # the runtime wrappers name theirs
         if isinstance(model, nn.Module):
             self.device = device if isinstance(device, torch.device) else resolve_device(device)
             if self.dtype == torch.float16 and self.device.type != 'cuda':
