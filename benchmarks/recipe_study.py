@@ -1,6 +1,7 @@
 """Recipe study: LKSMN x4 trained with several recipes for the same wall-clock budget, scored on the validation split.
 
-Each recipe (``RECIPES``: LR patch, batch, learning rate, EMA) becomes an option file made from
+Each recipe (``RECIPES``: LR patch, batch, learning rate, EMA, precision, how often the sources stored
+without WebP's losses are drawn) becomes an option file made from
 ``options/train_LKSMN_x4_openphotos.yml`` (cosine schedule over the whole run, validation on the open-photos
 validation split eight times per run, the fastest training path of this machine: ``train.precision`` and
 ``train.channels_last`` left at auto) and runs through ``lksmn-train --auto_resume`` at a lower priority
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import cv2
 import yaml
@@ -38,16 +39,27 @@ TEMPLATE = REPO / 'options' / 'train_LKSMN_x4_openphotos.yml'
 SCALE = 4
 VAL_TIMES = 8  # validations per run: the learning curve
 
-# name -> (LR patch, batch, learning rate, EMA decay)
-RECIPES: Dict[str, Tuple[int, int, float, float]] = {
-    'p16_b8_lr2e-3': (16, 8, 2e-3, 0.0),
-    'p24_b8_lr2e-3': (24, 8, 2e-3, 0.0),
-    'p32_b8_lr2e-3': (32, 8, 2e-3, 0.0),
-    'p48_b8_lr2e-3': (48, 8, 2e-3, 0.0),
-    'p16_b16_lr2e-3': (16, 16, 2e-3, 0.0),
-    'p16_b8_lr1e-3': (16, 8, 1e-3, 0.0),
-    'p16_b8_lr4e-3': (16, 8, 4e-3, 0.0),
-    'p32_b16_lr1e-3_ema': (32, 16, 1e-3, 0.999),  # the shipped model's recipe
+class Recipe(NamedTuple):
+    """One training recipe: what differs from the template option file."""
+    lr_patch: int
+    batch: int
+    lr: float
+    ema_decay: float = 0.0
+    precision: str = 'auto'  # train.precision; a recipe at fp32 gets the iterations of its default-path twin
+    lossless_weight: int = 1  # how often a sub-image of a source stored losslessly or as JPEG is drawn per WebP one
+
+
+RECIPES: Dict[str, Recipe] = {
+    'p16_b8_lr2e-3': Recipe(16, 8, 2e-3),
+    'p24_b8_lr2e-3': Recipe(24, 8, 2e-3),
+    'p32_b8_lr2e-3': Recipe(32, 8, 2e-3),
+    'p48_b8_lr2e-3': Recipe(48, 8, 2e-3),
+    'p16_b8_lr2e-3_fp32': Recipe(16, 8, 2e-3, precision='fp32'),  # bf16 against fp32 at equal iterations
+    'p16_b8_lr2e-3_jpeg3': Recipe(16, 8, 2e-3, lossless_weight=3),  # the WebP sources drawn a third as often
+    'p16_b16_lr2e-3': Recipe(16, 16, 2e-3),
+    'p16_b8_lr1e-3': Recipe(16, 8, 1e-3),
+    'p16_b8_lr4e-3': Recipe(16, 8, 4e-3),
+    'p32_b16_lr1e-3_ema': Recipe(32, 16, 1e-3, ema_decay=0.999),  # the shipped model's recipe
 }
 
 
@@ -64,22 +76,29 @@ def seconds_per_iteration(speed: Dict[str, Any], patch: int, batch: int) -> floa
     return min(r['ms_per_iter'] for r in rows) / 1000
 
 
-def recipe_options(name: str, data: Path, iterations: int) -> Dict[str, Any]:
+def recipe_options(name: str, data: Path, iterations: int, meta_info_folder: Path) -> Dict[str, Any]:
     """The option file of one recipe."""
-    patch, batch, lr, ema = RECIPES[name]
+    recipe = RECIPES[name]
     opt = yaml.safe_load(TEMPLATE.read_text())
     opt['name'] = f'study_{name}'
     train = opt['datasets']['train']
-    train['dataroot_gt'] = str(data / 'openphotos_train_HR_sub.lmdb')
-    train['dataroot_lq'] = str(data / f'openphotos_train_LR_bicubic_X{SCALE}_sub.lmdb')
-    train['gt_size'] = patch * SCALE
-    train['batch_size_per_gpu'] = batch
+    if recipe.lossless_weight == 1:
+        train['dataroot_gt'] = str(data / 'openphotos_train_HR_sub.lmdb')
+        train['dataroot_lq'] = str(data / f'openphotos_train_LR_bicubic_X{SCALE}_sub.lmdb')
+    else:  # BasicSR's meta_info_file (disk backend) lists a sub-image once per draw
+        train['dataroot_gt'] = str(data / 'openphotos_train_HR_sub')
+        train['dataroot_lq'] = str(data / f'openphotos_train_LR_bicubic_X{SCALE}_sub')
+        train['io_backend'] = {'type': 'disk'}
+        train['meta_info_file'] = str(weighted_meta_info(data, meta_info_folder, recipe.lossless_weight))
+    train['gt_size'] = recipe.lr_patch * SCALE
+    train['batch_size_per_gpu'] = recipe.batch
     opt['datasets']['val'] = {'name': 'openphotos_val', 'type': 'PairedImageDataset',
                               'dataroot_gt': str(data / 'openphotos_val' / f'GTmod{SCALE}'),
                               'dataroot_lq': str(data / 'openphotos_val' / f'LRbicx{SCALE}'),
                               'io_backend': {'type': 'disk'}}
-    opt['train']['ema_decay'] = ema
-    opt['train']['optim_g']['lr'] = lr
+    opt['train']['ema_decay'] = recipe.ema_decay
+    opt['train']['optim_g']['lr'] = recipe.lr
+    opt['train']['precision'] = recipe.precision
     opt['train']['scheduler']['periods'] = [iterations]
     opt['train']['total_iter'] = iterations
     every = max(1, iterations // VAL_TIMES)
@@ -87,6 +106,21 @@ def recipe_options(name: str, data: Path, iterations: int) -> Dict[str, Any]:
     opt['logger']['save_checkpoint_freq'] = every
     opt['logger']['print_freq'] = max(1, min(200, every))
     return opt
+
+
+def weighted_meta_info(data: Path, folder: Path, lossless_weight: int) -> Path:
+    """A meta-info file of the training sub-images in which each sub-image of a photo not stored as lossy WebP
+    (the manifest's member or path) appears ``lossless_weight`` times, so BasicSR draws it that much more often."""
+    manifest = json.loads((REPO / 'lksmn_arch' / 'data' / 'open_photos.json').read_text())['photos']
+    webp = {p['id'] for p in manifest if (p.get('member') or p['path']).lower().endswith('.webp')}
+    lines = []
+    for path in sorted((data / 'openphotos_train_HR_sub').glob('*.png')):
+        photo_id = path.stem.rsplit('_s', 1)[0]
+        lines += [path.name] * (1 if photo_id in webp else lossless_weight)
+    target = folder / f'meta_info_openphotos_train_lossless{lossless_weight}.txt'
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text('\n'.join(lines) + '\n')
+    return target
 
 
 PSNR = re.compile(r'# psnr: ([0-9.]+)')
@@ -117,7 +151,7 @@ def run_recipe(name: str, data: Path, out: Path, iterations: int, nice: int) -> 
     """Train one recipe (resuming if it ran before) and read its learning curve from its logs."""
     option_file = out / 'options' / f'study_{name}.yml'
     option_file.parent.mkdir(parents=True, exist_ok=True)
-    option_file.write_text(yaml.safe_dump(recipe_options(name, data, iterations), sort_keys=False))
+    option_file.write_text(yaml.safe_dump(recipe_options(name, data, iterations, out / 'meta_info'), sort_keys=False))
     experiment = out / 'experiments' / f'study_{name}'
     done = experiment / 'models' / 'net_g_latest.pth'
     started = time.time()
@@ -132,8 +166,7 @@ def run_recipe(name: str, data: Path, out: Path, iterations: int, nice: int) -> 
                              f'(see {out / f"study_{name}.console.log"}); run again to resume')
     logs = sorted(experiment.glob('train_study_*.log'))
     text = '\n'.join(p.read_text(errors='replace') for p in logs)
-    patch, batch, lr, ema = RECIPES[name]
-    return {'recipe': name, 'lr_patch': patch, 'batch': batch, 'lr': lr, 'ema_decay': ema, 'iterations': iterations,
+    return {'recipe': name, **RECIPES[name]._asdict(), 'iterations': iterations,
             'curve': learning_curve(text, max(1, iterations // VAL_TIMES)), 'wall_s_this_call': round(time.time() - started)}
 
 
@@ -141,15 +174,19 @@ def format_table(results: Dict[str, Any]) -> str:
     lines = [f'LKSMN x4, {results["minutes"]} minutes of this machine\'s quiet time per recipe ({results["cpu"]}), '
              f'scored on the open-photos validation split ({results["val_images"]} photos, Y, border 4; '
              f'MATLAB bicubic {results["bicubic_psnr"]:.2f} dB). Command: `{results["command"]}`', '',
-             '| recipe | LR patch | batch | lr | EMA | iterations | best val PSNR (at iter) | final val PSNR | '
-             'final gain over bicubic |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+             'Precision auto is this machine\'s default training path; a recipe at fp32 runs the iterations of its '
+             'default-path twin (equal iterations, not equal time). Non-WebP weight: how many times each training '
+             'sub-image of a photo not stored as lossy WebP is drawn per WebP one.', '',
+             '| recipe | LR patch | batch | lr | EMA | precision | non-WebP weight | iterations | '
+             'best val PSNR (at iter) | final val PSNR | final gain over bicubic |',
+             '|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|']
     for r in results['runs']:
         if not r['curve']:
             continue
         best = max(r['curve'], key=lambda c: c['psnr'])
         final = r['curve'][-1]['psnr']
         lines.append(f'| {r["recipe"]} | {r["lr_patch"]} | {r["batch"]} | {r["lr"]:g} | {r["ema_decay"] or "none"} | '
-                     f'{r["iterations"]} | {best["psnr"]:.3f} ({best["iter"]}) | {final:.3f} | '
+                     f'{r.get("precision", "auto")} | {r.get("lossless_weight", 1)} | {r["iterations"]} | {best["psnr"]:.3f} ({best["iter"]}) | {final:.3f} | '
                      f'{final - results["bicubic_psnr"]:+.2f} |')
     return '\n'.join(lines) + '\n'
 
@@ -176,8 +213,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                'val_images': len(list((data / 'openphotos_val' / f'GTmod{SCALE}').glob('*.png'))),
                                'bicubic_psnr': round(bicubic_psnr(data), 4), 'runs': []}
     for name in args.recipes:
-        patch, batch, _, _ = RECIPES[name]
-        iterations = int(round(args.minutes * 60 / seconds_per_iteration(speed, patch, batch), -1))
+        recipe = RECIPES[name]
+        iterations = int(round(args.minutes * 60 / seconds_per_iteration(speed, recipe.lr_patch, recipe.batch), -1))
         results['runs'].append(run_recipe(name, data, out, iterations, args.nice))
         save_report(results, args.json, format_table(results), args.markdown)  # after every recipe
     return 0
