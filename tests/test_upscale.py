@@ -209,3 +209,23 @@ def test_help_and_argument_errors_answer_without_loading_torch_or_basicsr(tmp_pa
     imported = {line.split('|')[-1].strip() for line in done.stderr.splitlines() if line.startswith('import time:')}
     assert done.returncode in (0, 2) and imported
     assert not {'torch', 'basicsr', 'cv2', 'numpy'} & imported
+
+
+def test_progress_bar_advances_by_each_images_megapixels_and_counts_the_images(tmp_path, checkpoint, capsys):
+    photos = tmp_path / 'in'
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    _write(photos / 'big.png', rng.integers(0, 255, (500, 600, 3), dtype=np.uint8))  # 0.30 MP
+    _write(photos / 'small.png', rng.integers(0, 255, (100, 200, 3), dtype=np.uint8))  # 0.02 MP
+    (photos / 'broken.png').write_bytes(b'not an image')  # no header: counts as 0 MP and fails on its own
+    report = upscale_paths(photos, tmp_path / 'out', checkpoint, backend='torch', tile=0, progress=True)
+    assert len(report.written) == 2 and len(report.failed) == 1
+    bar = capsys.readouterr().err.replace('\r', '\n')
+    assert '0.3/0.3 MP' in bar and 'image 3/3' in bar
+    assert '100%' in bar
+
+
+def test_quiet_progress_prints_no_bar(tmp_path, checkpoint, capsys):
+    _write(tmp_path / 'a.png', np.zeros((20, 30, 3), np.uint8))
+    upscale_paths(tmp_path / 'a.png', tmp_path / 'out', checkpoint, backend='torch', tile=0, progress=False)
+    assert 'MP' not in capsys.readouterr().err

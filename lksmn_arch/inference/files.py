@@ -25,7 +25,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import cv2
 import numpy as np
@@ -383,6 +383,33 @@ def warn_tile_cost(tile: int, tile_pad: int, log: Optional[Any]) -> None:
             f'network processes about {cost:.0f}x the image\'s pixels; a --tile of 128 or more costs under 2x')
 
 
+def _header_megapixels(path: Path) -> float:
+    """An image's size in megapixels from its header alone; 0 when the header cannot be read (the image's own
+    check then says why)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as image:
+            return image.size[0] * image.size[1] / 1e6
+    except Exception:  # Pillow raises many types for unknown or broken headers
+        return 0.0
+
+
+def _with_megapixel_bar(files: Sequence[Path], skipped: Set[Path], progress: bool) -> Iterator[Path]:
+    """The files in order, under one bar that advances by each image's megapixels (the work it takes), with
+    the image count beside it: a folder of one 12 MP photo and many thumbnails shows its real progress."""
+    megapixels = {path: 0.0 if path in skipped else _header_megapixels(path) for path in files}
+    bar = tqdm(total=sum(megapixels.values()), desc='images', unit='MP', disable=not progress,
+               bar_format='{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} MP '
+                          '[{elapsed}<{remaining}{postfix}]')
+    try:
+        for number, path in enumerate(files, 1):
+            bar.set_postfix_str(f'image {number}/{len(files)}', refresh=False)
+            yield path
+            bar.update(megapixels[path])
+    finally:
+        bar.close()
+
+
 def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathLike,
                   model_path: Optional[PathLike] = None, *, tile: Union[int, str] = 'auto', tile_pad: int = 32,
                   max_memory: Optional[int] = None, device: str = 'auto',
@@ -437,7 +464,7 @@ def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathL
         report.failed.append((path, reason))
         tqdm.write(f'failed: {path}: {reason}', file=sys.stderr)
 
-    for path in tqdm(files, desc='images', unit='img', disable=not progress):
+    for path in _with_megapixel_bar(files, own_outputs, progress):
         if path in own_outputs:
             report.skipped.append((path, f'its name ends with {suffix!r}: an output of an earlier run into this '
                                          'folder, not upscaled again'))
