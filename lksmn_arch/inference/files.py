@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lksmn_arch.utils.atomic import replace_atomically
+from lksmn_arch.utils.cpus import runtime_threads
 from lksmn_arch.inference.choices import (ALPHA_MODES, BACKENDS, DEFAULT_MAX_PIXELS, DEVICES, OUTPUT_EXTENSIONS,
                                           parse_max_pixels)
 from lksmn_arch.inference.upscaler import Upscaler, check_tiling
@@ -307,6 +308,15 @@ def resolve_backend(model_path: PathLike, device: str, precision: str, compile: 
                      'CPU path)')
 
 
+def _limit_torch_threads() -> None:
+    """PyTorch's CPU pool capped at the CPUs this process may use (its default follows the affinity mask but
+    not a container's CPU quota); never raised."""
+    import torch
+    threads = runtime_threads()
+    if threads and torch.get_num_threads() > threads:
+        torch.set_num_threads(threads)
+
+
 def build_upscaler(model_path: Optional[PathLike] = None, *, backend: str = 'auto', tile: Union[int, str] = 'auto',
                    tile_pad: int = 32, max_memory: Optional[int] = None, device: str = 'auto', precision: str = 'fp32', tta: bool = False,
                    progress: bool = True, compile: bool = False, scale: int = 4,
@@ -336,6 +346,7 @@ def build_upscaler(model_path: Optional[PathLike] = None, *, backend: str = 'aut
         if model_path.suffix.lower() == '.onnx':
             raise ValueError(f'-m {model_path} is an ONNX model; use --backend onnxruntime for it')
         say(f'backend: PyTorch ({reason or "--backend torch"})')
+        _limit_torch_threads()
         return Upscaler.from_checkpoint(str(model_path), device=device, compile=compile, **options)
     if compile:
         raise ValueError(f'--compile is for the torch backend; --backend {backend} compiles the exported model itself')
@@ -353,18 +364,20 @@ def build_upscaler(model_path: Optional[PathLike] = None, *, backend: str = 'aut
             if reason is None:
                 raise OSError(f'{message}; set LKSMN_CACHE_DIR to a writable folder') from None
             say(f'backend: PyTorch ({message}; set LKSMN_CACHE_DIR to a writable folder for the faster path)')
+            _limit_torch_threads()
             return Upscaler.from_checkpoint(str(model_path), device=device, compile=compile, **options)
         except (RuntimeError, ValueError, ImportError) as error:
             if reason is None:  # asked for explicitly: an error, not a silent change of backend
                 raise
             say(f'backend: PyTorch (the ONNX export failed: {str(error).splitlines()[0][:200]})')
+            _limit_torch_threads()
             return Upscaler.from_checkpoint(str(model_path), device=device, compile=compile, **options)
     from lksmn_arch.inference.export import OnnxModel, OpenVinoModel
     if backend == 'openvino':
-        model: Any = OpenVinoModel(onnx_path, precision=precision)
+        model: Any = OpenVinoModel(onnx_path, precision=precision, threads=runtime_threads())
         name = 'OpenVINO'
     else:
-        model = OnnxModel(onnx_path, device=device)
+        model = OnnxModel(onnx_path, device=device, threads=runtime_threads())
         name = 'ONNX Runtime'
     where = f'; export cached at {onnx_path}' if onnx_path != model_path else ''
     say(f'backend: {name} ({reason or f"--backend {backend}"}{where})')
