@@ -38,7 +38,7 @@ def test_budget_is_the_quiet_time_of_one_iteration_on_the_default_path_with_data
 
 
 def test_recipe_options_validate_on_the_validation_split_never_the_test_split(tmp_path):
-    opt = recipe_study.recipe_options('p24_b8_lr2e-3', tmp_path, 4000)
+    opt = recipe_study.recipe_options('p24_b8_lr2e-3', tmp_path, 4000, tmp_path / 'meta')
     assert opt['datasets']['train']['gt_size'] == 96 and opt['datasets']['train']['batch_size_per_gpu'] == 8
     assert 'openphotos_val' in opt['datasets']['val']['dataroot_gt']
     assert 'openphotos_test' not in str(opt['datasets'])
@@ -51,3 +51,22 @@ def test_the_open_photos_training_template_validates_on_the_validation_split():
     opt = yaml.safe_load((Path(__file__).resolve().parents[1] / 'options' / 'train_LKSMN_x4_openphotos.yml').read_text())
     assert 'openphotos_val' in opt['datasets']['val']['dataroot_gt']
     assert 'openphotos_test' not in str(opt['datasets'])
+
+
+def test_a_weighted_recipe_draws_non_webp_sub_images_that_many_times_through_a_meta_info_file(tmp_path):
+    hr = tmp_path / 'openphotos_train_HR_sub'
+    hr.mkdir()
+    for name in ('gcompris_erase_alpaca_s001.png', 'enlightenment_Bamboo_s001.png', 'enlightenment_Bamboo_s002.png'):
+        (hr / name).write_bytes(b'')
+    opt = recipe_study.recipe_options('p16_b8_lr2e-3_jpeg3', tmp_path, 100, tmp_path / 'meta')
+    train = opt['datasets']['train']
+    assert train['io_backend'] == {'type': 'disk'} and train['dataroot_gt'] == str(hr)
+    lines = Path(train['meta_info_file']).read_text().split()
+    assert lines.count('gcompris_erase_alpaca_s001.png') == 1  # a lossy WebP source: once
+    assert lines.count('enlightenment_Bamboo_s001.png') == 3 and lines.count('enlightenment_Bamboo_s002.png') == 3
+
+
+def test_an_fp32_recipe_sets_the_precision_and_keeps_its_twins_iterations(tmp_path):
+    opt = recipe_study.recipe_options('p16_b8_lr2e-3_fp32', tmp_path, 12220, tmp_path / 'meta')
+    assert opt['train']['precision'] == 'fp32' and opt['train']['total_iter'] == 12220
+    assert recipe_study.recipe_options('p16_b8_lr2e-3', tmp_path, 1, tmp_path / 'meta')['train']['precision'] == 'auto'
