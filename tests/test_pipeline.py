@@ -234,3 +234,34 @@ def test_training_log_names_frozen_parameters_but_not_lksmn_batchnorm_statistics
     assert id(network.conv_first.weight) not in optimized
     assert all(id(p) not in optimized for name, p in network.named_parameters() if 'running_' in name)
     assert len(optimized) == sum(p.requires_grad for p in network.parameters())
+
+
+def test_fine_tuning_another_scale_starts_the_ema_network_from_net_g_where_the_checkpoint_has_no_weights(tmp_path):
+    """An x4 checkpoint loaded non-strictly at x2 leaves the upsampler out: the EMA network must start with
+    net_g's upsampler (not an unrelated random one, which made validation score below bicubic), and with the
+    checkpoint's body like net_g."""
+    import lksmn_arch  # noqa: F401
+    from basicsr.models import build_model
+    from lksmn_arch import LKSMN
+    from conftest import TINY_NETWORK
+    network = {k: v for k, v in TINY_NETWORK.items() if k != 'type'}
+    x4 = LKSMN(**{**network, 'upscale': 4})
+    torch.save({'params_ema': x4.state_dict()}, tmp_path / 'x4.pth')
+    opt = training_options('finetune', {}, None, ema_decay=0.999)
+    opt['datasets'] = {}
+    opt['path'].update(pretrain_network_g=str(tmp_path / 'x4.pth'), param_key_g='params_ema', strict_load_g=False,
+                       models=str(tmp_path / 'models'), training_states=str(tmp_path / 'states'))
+    opt.update(is_train=True, dist=False, rank=0, world_size=1, num_gpu=0)
+    for folder in ('models', 'states'):
+        (tmp_path / folder).mkdir()
+    model = build_model(opt)
+    try:
+        net_g, ema = model.net_g.state_dict(), model.net_g_ema.state_dict()
+        for key, value in x4.state_dict().items():
+            if key.startswith('upsampler.'):
+                assert torch.equal(ema[key], net_g[key]), key
+            else:
+                assert torch.equal(ema[key], value) and torch.equal(net_g[key], value), key
+    finally:
+        from lksmn_arch.models.lksmn_model import uninstall_signal_handlers
+        uninstall_signal_handlers()

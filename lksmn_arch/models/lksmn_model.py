@@ -382,6 +382,7 @@ class LKSMNModel(SRModel):
         self._nonfinite_steps = 0
         self._epoch: int = 0  # the last epoch BasicSR told the model (resume state or save); 0 if none yet
         self._last_checkpoint: Optional[int] = None
+        self._not_loaded: Dict[int, List[str]] = {}  # id(network) -> its weights a non-strict load left out
         super().__init__(opt)
         if not self.is_train:
             return
@@ -416,9 +417,22 @@ class LKSMNModel(SRModel):
             self.lq = self.lq.contiguous(memory_format=torch.channels_last)
 
     def init_training_settings(self) -> None:
-        """SRModel's, plus ``train.max_nonfinite_steps``."""
+        """SRModel's, plus ``train.max_nonfinite_steps``; and an EMA network that starts as net_g where a
+        non-strict pretrained load left weights out (an x4 body fine-tuned at x2: the upsampler). SRModel
+        builds net_g_ema with its own random initialisation of those weights, so that the EMA would average
+        two unrelated upsamplers for thousands of iterations (validated PSNR below bicubic)."""
         self.max_nonfinite_steps = check_nonfinite_limit(self.opt['train'])
         super().init_training_settings()
+        ema = getattr(self, 'net_g_ema', None)
+        left_out = self._not_loaded.get(id(self.get_bare_model(ema))) if ema is not None else None
+        if left_out:
+            source = self.get_bare_model(self.net_g).state_dict()
+            target = self.get_bare_model(ema).state_dict()
+            with torch.no_grad():
+                for key in left_out:
+                    target[key].copy_(source[key])
+            get_root_logger().info(f'EMA: {len(left_out)} weights not in the pretrained file ({", ".join(left_out[:4])}'
+                                   f'{", ..." if len(left_out) > 4 else ""}) start as net_g\'s.')
 
     def setup_optimizers(self) -> None:
         """SRModel's, without a "will not be optimized" warning for LKSMN's BatchNorm statistics: they are frozen
@@ -464,7 +478,8 @@ class LKSMNModel(SRModel):
             check_weights(checkpoint, load_path)
         except CheckpointError as error:
             raise TrainingError(str(error)) from None
-        self._print_different_keys_loading(net, checkpoint, strict)
+        self._print_different_keys_loading(net, checkpoint, strict)  # renames keys of other shapes to *.ignore
+        self._not_loaded[id(net)] = sorted(set(net.state_dict()) - set(checkpoint))
         try:
             net.load_state_dict(checkpoint, strict=strict)
         except RuntimeError as error:
