@@ -88,6 +88,51 @@ def test_overlapping_tiles_are_close_to_whole_image_output_on_a_photo(model, pho
     assert close - seams > CONTEXT_GAIN_BOUND
 
 
+def test_exact_tiles_reproduce_the_whole_image_where_blended_tiles_do_not(model):
+    x = torch.rand(1, 3, 100, 90)
+    whole = Upscaler(model, device='cpu').upscale_tensor(x)
+    exact = Upscaler(model, tile=24, exact_tiles=True, device='cpu', progress=False)
+    shapes = []
+    exact.model.register_forward_pre_hook(lambda module, inputs: shapes.append(tuple(inputs[0].shape)))
+    out = exact.upscale_tensor(x)
+    blended = Upscaler(model, tile=24, device='cpu', progress=False).upscale_tensor(x)
+    assert exact.tile_pad == model.receptive_radius == 29
+    assert len(shapes) == 3 * 5 * 4 and max(shape[3] for shape in shapes) < 90  # 5x4 tiles, 2 MDTA passes + 1
+    assert float((out - whole).abs().max()) < 1e-5
+    assert float((blended - whole).abs().max()) > 1e-4  # 3e-4 with these weights; the shipped x4: 0.08 on a photo
+
+
+def test_exact_tiles_with_tta_reproduce_whole_image_tta(model):
+    x = torch.rand(1, 3, 70, 64)
+    whole = Upscaler(model, tta=True, device='cpu').upscale_tensor(x)
+    exact = Upscaler(model, tile=20, exact_tiles=True, tta=True, device='cpu', progress=False).upscale_tensor(x)
+    assert float((exact - whole).abs().max()) < 1e-5
+
+
+def test_receptive_radius_is_exactly_how_far_an_input_pixel_reaches():
+    """Without MDTA the network is purely convolutional: a changed input pixel changes the output up to
+    receptive_radius LR pixels away and not one pixel further (what exact tiles rely on)."""
+    torch.manual_seed(0)
+    network = LKSMN(upscale=2, num_feat=24, num_block=2, mdta=False).double().eval()
+    radius = network.receptive_radius
+    x = torch.rand(1, 3, 2 * radius + 9, 2 * radius + 9, dtype=torch.float64)
+    centre = radius + 4
+    changed = x.clone()
+    changed[..., centre, centre] += 1.0
+    with torch.no_grad():
+        reach = (network(changed) - network(x)).abs().amax(dim=(0, 1, 3))  # per output row
+    rows = torch.nonzero(reach > 0).flatten() // 2  # LR rows that changed
+    assert int(rows.min()) == centre - radius and int(rows.max()) == centre + radius
+
+
+def test_exact_tiles_are_refused_for_a_network_without_their_hooks():
+    with pytest.raises(ValueError, match='exact tiles need a PyTorch LKSMN'):
+        Upscaler(Nearest(), tile=128, exact_tiles=True)
+    with pytest.raises(ValueError, match='without compile'):
+        Upscaler(LKSMN(upscale=2, num_feat=12, num_block=1, lkcd_kernels=[[9, 2], [21, 3]], num_heads=2),
+                 tile=128, exact_tiles=True, compile=True)
+
+
 @pytest.mark.parametrize('size, tile, pad', [((37, 29), 10, 3), ((37, 29), 8, 11), ((20, 9), 7, 0), ((16, 16), 5, 2)])
 def test_blending_weights_sum_to_one_so_a_local_network_is_reproduced(size, tile, pad):
     x = torch.rand(2, 3, *size)

@@ -165,6 +165,7 @@ def test_failed_write_leaves_neither_output_nor_temp_file(tmp_path, monkeypatch)
     (['-m', 'model.onnx', '--backend', 'torch'], 'use --backend onnxruntime'),
     (['--device', 'cpu', '--precision', 'fp16'], "'fp16' needs a CUDA device"),
     (['--tile', '-3'], 'tile must be'),
+    (['-m', 'model.onnx', '--backend', 'onnxruntime', '--exact-tiles'], '--exact-tiles runs on PyTorch'),
 ])
 def test_set_up_errors_exit_with_status_2_and_a_clear_message(tmp_path, checkpoint, capsys, monkeypatch, extra,
                                                               message):
@@ -229,3 +230,14 @@ def test_quiet_progress_prints_no_bar(tmp_path, checkpoint, capsys):
     _write(tmp_path / 'a.png', np.zeros((20, 30, 3), np.uint8))
     upscale_paths(tmp_path / 'a.png', tmp_path / 'out', checkpoint, backend='torch', tile=0, progress=False)
     assert 'MP' not in capsys.readouterr().err
+
+
+def test_exact_tiles_from_the_command_line_write_the_whole_image_output_on_pytorch(tmp_path, checkpoint, capsys):
+    photo = _write(tmp_path / 'photo.png', np.random.default_rng(0).integers(0, 256, (80, 72, 3), dtype=np.uint8))
+    assert main(['-i', str(photo), '-o', str(tmp_path / 'whole'), '-m', str(checkpoint), '--tile', '0',
+                 '--backend', 'torch', '--quiet']) == 0
+    assert main(['-i', str(photo), '-o', str(tmp_path / 'exact'), '-m', str(checkpoint), '--tile', '20',
+                 '--exact-tiles', '--quiet']) == 0
+    assert 'backend: PyTorch (--exact-tiles runs on PyTorch)' in capsys.readouterr().out
+    whole, exact = (cv2.imread(str(tmp_path / folder / 'photo_x2.png')) for folder in ('whole', 'exact'))
+    assert whole.shape == (160, 144, 3) and np.array_equal(exact, whole)

@@ -178,6 +178,11 @@ def _take_norm_affine(block: nn.Module, name: str) -> Optional[Affine]:
 
 # --- the paper's parts -------------------------------------------------------------------------------------
 
+def _reach(conv: nn.Conv2d) -> int:
+    """How many pixels away from an output pixel a (square, odd) conv reads."""
+    return conv.dilation[0] * (conv.kernel_size[0] // 2)
+
+
 class LKCD(nn.Module):
     """Large-kernel convolution decomposition (VAN's LKA without its multiplication).
 
@@ -199,6 +204,11 @@ class LKCD(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pointwise(self.dilated(self.local(x)))
+
+    @property
+    def radius(self) -> int:
+        """How far (in pixels) an output pixel reads its input: the local conv's reach plus the dilated one's."""
+        return _reach(self.local) + _reach(self.dilated)
 
 
 class MSMA(nn.Module):
@@ -276,6 +286,10 @@ class MDTA(nn.Module):
     - one C x C Gram matrix q^T k, divided by the norms of q's and k's columns instead of normalising the
       full-resolution q and k, and softmax over each head's diagonal block (the other entries -inf);
     - the output projection folded into that attention matrix, which saves a full-resolution pass.
+
+    Exact tiled inference (``lksmn_arch.inference.exact_tiles``) uses two more inference-form hooks: the
+    attention's statistics (q^T k and the column norms, sums over pixels) are collected tile by tile through
+    ``statistics_hook``, and the attention they give is then held fixed (``frozen_mixing``) while the tiles run.
     """
 
     def __init__(self, channels: int, num_heads: int) -> None:
@@ -289,6 +303,8 @@ class MDTA(nn.Module):
         self.query: Optional[nn.Sequential] = None
         self.key: Optional[nn.Sequential] = None
         self.value: Optional[nn.Sequential] = None
+        self.statistics_hook: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None  # gets (B, H, W, C) q, k
+        self.frozen_mixing: Optional[torch.Tensor] = None  # (B, C, C): project_out's weight @ attention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.query is not None:
@@ -310,17 +326,33 @@ class MDTA(nn.Module):
             return branch(x).permute(0, 2, 3, 1).reshape(batch, height * width, channels)
 
         q, k, v = matrix(self.query), matrix(self.key), matrix(self.value)
+        if self.statistics_hook is not None:
+            self.statistics_hook(q.reshape(batch, height, width, channels), k.reshape(batch, height, width, channels))
+        if self.frozen_mixing is not None:
+            out = torch.baddbmm(self.project_out.bias.view(1, 1, -1), v, self.frozen_mixing.to(v.dtype).transpose(1, 2))
+            return out.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
         if q.dtype == torch.float16:  # 5 exponent bits: q^T k over a whole image may overflow unless normalised first
             cosine = F.normalize(q, dim=1).transpose(1, 2) @ F.normalize(k, dim=1)
         else:
             norm_q = q.norm(dim=1).clamp_min(1e-12)  # F.normalize's eps
             norm_k = k.norm(dim=1).clamp_min(1e-12)
             cosine = (q.transpose(1, 2) @ k) / (norm_q[:, :, None] * norm_k[:, None, :])
-        attention = (cosine * self.logit_scale + self.logit_mask).softmax(dim=-1)  # block diagonal, (B, C, C)
         # project_out(attention @ v) == v @ (W_out @ attention)^T + b_out, in matrix form
-        mixed = self.project_out.weight[:, :, 0, 0] @ attention
-        out = torch.baddbmm(self.project_out.bias.view(1, 1, -1), v, mixed.transpose(1, 2))
+        out = torch.baddbmm(self.project_out.bias.view(1, 1, -1), v, self._mixing(cosine).transpose(1, 2))
         return out.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+
+    def _mixing(self, cosine: torch.Tensor) -> torch.Tensor:
+        """project_out's weight @ the block-diagonal attention, from the (B, C, C) cosine similarities."""
+        attention = (cosine * self.logit_scale + self.logit_mask).softmax(dim=-1)
+        return self.project_out.weight[:, :, 0, 0] @ attention
+
+    def mixing_from_statistics(self, gram: torch.Tensor, square_norm_q: torch.Tensor,
+                               square_norm_k: torch.Tensor) -> torch.Tensor:
+        """The inference form's mixing matrix from sums over the image's pixels: ``gram`` = q^T k (B, C, C) and
+        the squared column norms of q and k (B, C), as summed over tiles; the value ``frozen_mixing`` takes."""
+        norm_q = square_norm_q.sqrt().clamp_min(1e-12)
+        norm_k = square_norm_k.sqrt().clamp_min(1e-12)
+        return self._mixing(gram / (norm_q[:, :, None] * norm_k[:, None, :]))
 
     @torch.no_grad()
     def fuse(self, affine: Optional[Affine]) -> None:
@@ -535,6 +567,11 @@ class LKSMN(nn.Module):
             for _ in range(num_block))
         self.mlfa = MLFA(num_feat, num_block + 1) if mlfa else None
         self.upsampler = PixelShuffleUpsampler(num_feat, num_out_ch, upscale)
+        # How many LR pixels away an output pixel depends on the input through the convolutions (MDTA's
+        # whole-image statistics aside): the context a tile needs for exact tiled inference.
+        block_radius = (max(lkcd.radius for lkcd in self.blocks[0].msma.lkcd) + (1 if mdta else 0)
+                        + (1 if ffn != 'none' else 0))
+        self.receptive_radius = 1 + num_block * block_radius + (1 if mlfa else 0) + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.num_in_ch:

@@ -319,7 +319,7 @@ def _limit_torch_threads() -> None:
 
 def build_upscaler(model_path: Optional[PathLike] = None, *, backend: str = 'auto', tile: Union[int, str] = 'auto',
                    tile_pad: int = 32, max_memory: Optional[int] = None, device: str = 'auto', precision: str = 'fp32', tta: bool = False,
-                   progress: bool = True, compile: bool = False, scale: int = 4,
+                   progress: bool = True, compile: bool = False, scale: int = 4, exact_tiles: bool = False,
                    log: Optional[Any] = None) -> Upscaler:
     """An Upscaler for an LKSMN checkpoint or an .onnx file; ``backend`` 'auto' picks as ``resolve_backend``.
 
@@ -327,6 +327,7 @@ def build_upscaler(model_path: Optional[PathLike] = None, *, backend: str = 'aut
     A checkpoint bound for OpenVINO or ONNX Runtime is exported once into ``onnx_cache_dir()`` (verified
     against PyTorch); if that export fails under 'auto', the PyTorch path runs instead, with a line saying
     why. ``log`` receives one line naming the model (when shipped) and one naming the backend in use.
+    ``exact_tiles`` (tiles equal to the whole image, PyTorch only) makes 'auto' choose PyTorch.
     """
     if backend not in BACKENDS:
         raise ValueError(f'--backend must be one of {list(BACKENDS)}, got {backend!r}')
@@ -338,8 +339,13 @@ def build_upscaler(model_path: Optional[PathLike] = None, *, backend: str = 'aut
         model_path = shipped.path
     model_path = Path(model_path)
     options = dict(tile=tile, tile_pad=tile_pad, precision=precision, tta=tta, progress=progress,
-                   max_memory=max_memory)
+                   max_memory=max_memory, exact_tiles=exact_tiles)
     reason = None
+    if exact_tiles and backend not in ('auto', 'torch'):
+        raise ValueError(f'--exact-tiles runs on PyTorch (it hooks into the network), not --backend {backend}; '
+                         'use --backend torch (or auto), or blended tiles')
+    if backend == 'auto' and exact_tiles:
+        backend, reason = 'torch', '--exact-tiles runs on PyTorch'
     if backend == 'auto':
         backend, reason = resolve_backend(model_path, device, precision, compile)
     if backend == 'torch':
@@ -429,7 +435,7 @@ def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathL
                   precision: str = 'fp32', tta: bool = False, suffix: Optional[str] = None, ext: str = 'auto',
                   backend: str = 'auto', alpha: str = 'network', progress: bool = True, compile: bool = False,
                   scale: Optional[int] = None, overwrite: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                  log: Optional[Any] = None) -> UpscaleReport:
+                  exact_tiles: bool = False, log: Optional[Any] = None) -> UpscaleReport:
     """Upscale the image files of ``inputs`` (files or folders) into ``output_dir``.
 
     ``model_path`` None: the shipped model for ``scale`` (default 4); with a model, ``scale`` (if given) must be
@@ -458,7 +464,7 @@ def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathL
     upscaler = build_upscaler(model_path, backend=backend, tile=tile, tile_pad=tile_pad, max_memory=max_memory,
                               device=device,
                               precision=precision, tta=tta, progress=progress, compile=compile, scale=scale or 4,
-                              log=log)
+                              exact_tiles=exact_tiles, log=log)
     if scale is not None and upscaler.scale != scale:
         raise ValueError(f'--scale {scale} asked, but the model {model_path or "shipped for it"} is a '
                          f'x{upscaler.scale} model')

@@ -120,10 +120,13 @@ class Upscaler:
     band that neighbours share, so that no seam shows. The result is accumulated on the CPU, so GPU memory
     holds only one tile. A tile at least as large as the image gives exactly the whole-image output.
 
-    Tiled output is *not* identical to whole-image output, even with a large ``tile_pad``: LKSMN's MDTA
+    Cross-faded tiles are *not* identical to whole-image output, even with a large ``tile_pad``: LKSMN's MDTA
     attends over every pixel of its input (channel attention whose statistics cover the whole input), so
     each tile sees statistics of its own region rather than of the whole image. The difference is small
-    (see tests/test_inference.py and benchmarks/tiling_psnr.py) but not zero.
+    (see tests/test_inference.py and benchmarks/tiling_psnr.py) but not zero. ``exact_tiles=True`` removes it:
+    MDTA's statistics are summed over the tiles first, in partial passes, and each tile is then read with the
+    network's whole receptive field as context (``lksmn_arch.inference.exact_tiles``), so the output equals
+    the whole image's to float rounding, for about twice the compute of cross-faded tiles (PyTorch LKSMN only).
 
     ``tta=True`` averages the outputs of the 8 flips/rotations of each tile (x8 self-ensemble; 8x the time).
 
@@ -150,12 +153,14 @@ class Upscaler:
             once (seconds to a minute on a CPU), so it pays off for many images or tiles of one size.
         max_memory: with ``tile='auto'``, the bytes the passes and the output may take together (default: the
             output, plus ``memory.DEFAULT_PASS_BUDGET`` for the passes, within what is free).
+        exact_tiles: tiles that reproduce the whole-image output (``tile_pad`` is then the network's receptive
+            radius, not the argument); needs a PyTorch LKSMN, without ``compile``.
     """
 
     def __init__(self, model: Network, scale: Optional[int] = None, *, tile: Union[int, str] = AUTO,
                  tile_pad: int = 32, device: Union[str, torch.device] = 'auto', precision: str = 'fp32',
                  tta: bool = False, progress: bool = True, fuse: bool = True, channels_last: bool = True,
-                 compile: bool = False, max_memory: Optional[int] = None) -> None:
+                 compile: bool = False, max_memory: Optional[int] = None, exact_tiles: bool = False) -> None:
         check_tiling(tile, tile_pad)
         self.max_memory = max_memory
         if precision not in PRECISIONS:
@@ -185,6 +190,12 @@ class Upscaler:
             self.model: Network = model.to(device=self.device, dtype=self.dtype,
                                            memory_format=self.memory_format).eval()
             self._forward: Callable[[torch.Tensor], torch.Tensor] = self.model
+            if exact_tiles:
+                from lksmn_arch.inference.exact_tiles import check_exact_tiling
+                if compile:
+                    raise ValueError('exact tiles run Python hooks inside the network: use them without compile')
+                self.tile_pad = check_exact_tiling(self.model)
+                check_tiling(tile, self.tile_pad)  # the cost of tiles read with the receptive radius as context
             if compile:
                 from lksmn_arch.inference.latency import compile_for_inference
                 self._forward = compile_for_inference(self.model)
@@ -195,6 +206,10 @@ class Upscaler:
                                  f"({type(model).__name__}) runs in {runs_in}")
             self.device = torch.device('cpu')
             self.model = self._forward = model
+            if exact_tiles:
+                from lksmn_arch.inference.exact_tiles import check_exact_tiling
+                check_exact_tiling(model)  # raises: an exported graph has no hooks
+        self.exact_tiles = exact_tiles
 
     @classmethod
     def from_checkpoint(cls, path: Optional[str] = None, **kwargs: object) -> 'Upscaler':
@@ -212,21 +227,23 @@ class Upscaler:
 
     # --- tensors -------------------------------------------------------------------------------------------
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
-        """One network pass on a CPU float32 tensor, TTA included; returns a CPU float32 tensor."""
+    def _run(self, x: torch.Tensor, run: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+        """``run`` (default: one network pass) on a CPU float32 tensor, TTA included; returns CPU float32."""
+        run = run or self._pass
         transforms = range(8) if self.tta else (0,)
         total = None
         for index in transforms:
-            inp = _dihedral(x, index).contiguous()
-            with torch.no_grad():
-                if isinstance(self.model, nn.Module):
-                    inp = inp.to(device=self.device, dtype=self.dtype, memory_format=self.memory_format)
-                    out = self._forward(inp).float().cpu().contiguous()
-                else:
-                    out = self.model(inp)
-            out = _dihedral_inverse(out, index)
+            out = _dihedral_inverse(run(_dihedral(x, index).contiguous()), index)
             total = out if total is None else total + out
         return total if len(transforms) == 1 else total / len(transforms)
+
+    def _pass(self, x: torch.Tensor) -> torch.Tensor:
+        """One network pass on a CPU float32 tensor; returns a CPU float32 tensor."""
+        with torch.no_grad():
+            if isinstance(self.model, nn.Module):
+                inp = x.to(device=self.device, dtype=self.dtype, memory_format=self.memory_format)
+                return self._forward(inp).float().cpu().contiguous()
+            return self.model(x)
 
     def upscale_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Upscale a (N, C, H, W) or (C, H, W) float tensor; returns float32 on the CPU, not clamped."""
@@ -240,6 +257,8 @@ class Upscaler:
         tile = self.tile_for(height, width, batch=x.shape[0])
         if tile == 0 or (height <= tile and width <= tile):
             out = self._run(x)
+        elif self.exact_tiles:
+            out = self._run(x, lambda image: self._run_exact_tiled(image, tile))
         else:
             out = self._run_tiled(x, tile)
         return out.squeeze(0) if squeeze else out
@@ -258,7 +277,16 @@ class Upscaler:
             memory.check_whole_image_fits(height, width * batch, self.scale, **kind)
         return self.tile
 
+    def _run_exact_tiled(self, x: torch.Tensor, tile: int) -> torch.Tensor:
+        """Exact tiles of one image (TTA, if on, is applied around this: each flip is its own whole image)."""
+        from lksmn_arch.inference.exact_tiles import exact_tiled_forward
+        height, width = x.shape[-2:]
+        rows = _axis_tiles(height, tile, self.tile_pad)
+        cols = _axis_tiles(width, tile, self.tile_pad)
+        return exact_tiled_forward(self.model, x, rows, cols, self.scale, self._pass, progress=self.progress)
+
     def _run_tiled(self, x: torch.Tensor, tile: int) -> torch.Tensor:
+        """Cross-faded tiles, TTA per tile."""
         height, width = x.shape[-2:]
         s = self.scale
         rows = _axis_tiles(height, tile, self.tile_pad)
