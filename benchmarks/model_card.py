@@ -1,14 +1,15 @@
-"""The shipped model's figures for docs/models.md: PSNR/SSIM on held-out photos, and precision agreement.
+"""A shipped model's figures for docs/models.md: PSNR/SSIM on held-out photos, and precision agreement.
 
 Scores (BasicSR's metrics: Y channel, border = scale, outputs rounded to uint8) on every test set given,
 for MATLAB bicubic and for each model given: the shipped model (default), SAFMN trained with the same
-recipe (``--safmn``, a checkpoint of ``benchmarks/train_peer.py``) and the demo recipe's model (``--demo``,
-``lksmn-demo``'s checkpoint). All networks run whole images in fp32 with PyTorch on the CPU. Then the
+recipe (``--safmn``, a checkpoint of ``benchmarks/train_peer.py``), the demo recipe's model (``--demo``,
+``lksmn-demo``'s checkpoint) and the model shipped before (``--previous``), at ``--scale`` 2, 3 or 4. The test
+split is scored, then the validation split the checkpoints were chosen on, then the demo's photos. All networks run whole images in fp32 with PyTorch on the CPU. Then the
 shipped model's other paths (PyTorch bf16, OpenVINO fp32 and bf16 where installed) are compared with its
 fp32 output on the first test set: PSNR change, largest pixel difference, non-finite values. The data table
 comes from the manifest; with ``--train-log`` the wall time of each run to ``--iterations``.
 
-    .venv/bin/python benchmarks/model_card.py --data datasets/openphotos --safmn SAFMN.pth --demo demo.pth \\
+    .venv/bin/python benchmarks/model_card.py --data datasets/openphotos --scale 4 --previous old.pth \\
         --json benchmarks/results/model_card_x4.json --markdown benchmarks/results/model_card_x4.md
 
 docs/models.md holds the markdown file verbatim (a test checks it).
@@ -39,47 +40,49 @@ from lksmn_arch.training.demo import upscale_bgr  # noqa: E402
 from lksmn_arch.inference.upscaler import Upscaler  # noqa: E402
 from lksmn_arch.weights.shipped import default_model  # noqa: E402
 
-SCALE = 4
-TEST_SETS = (('openphotos_test', 'open photos, held out'), ('demo_heldout', "the demo's held-out photos"))
+TEST_SETS = (('openphotos_test', 'open photos, test split'),
+             ('openphotos_val', 'open photos, validation split (checkpoints were chosen on it)'),
+             ('demo_heldout', "the demo's held-out photos"))
 
 
-def scores(image: np.ndarray, gt: np.ndarray) -> Dict[str, float]:
+def scores(image: np.ndarray, gt: np.ndarray, scale: int) -> Dict[str, float]:
     """PSNR/SSIM on Y, border = scale, as BasicSR's test pipeline computes them."""
-    return {'psnr': float(calculate_psnr(image, gt, SCALE, input_order='HWC', test_y_channel=True)),
-            'ssim': float(calculate_ssim(image, gt, SCALE, input_order='HWC', test_y_channel=True))}
+    return {'psnr': float(calculate_psnr(image, gt, scale, input_order='HWC', test_y_channel=True)),
+            'ssim': float(calculate_ssim(image, gt, scale, input_order='HWC', test_y_channel=True))}
 
 
-def pairs(folder: Path) -> List[Tuple[Path, Path]]:
+def pairs(folder: Path, scale: int) -> List[Tuple[Path, Path]]:
     """(GT, LR) file pairs of a GTmod{s}/LRbicx{s} test set."""
-    gts = sorted((folder / f'GTmod{SCALE}').glob('*.png'))
+    gts = sorted((folder / f'GTmod{scale}').glob('*.png'))
     if not gts:
-        raise SystemExit(f'model_card.py: error: {folder / f"GTmod{SCALE}"} holds no PNG (run lksmn-prepare open-photos)')
-    return [(gt, folder / f'LRbicx{SCALE}' / gt.name) for gt in gts]
+        raise SystemExit(f'model_card.py: error: {folder / f"GTmod{scale}"} holds no PNG (run lksmn-prepare open-photos)')
+    return [(gt, folder / f'LRbicx{scale}' / gt.name) for gt in gts]
 
 
-def load_safmn(path: Path) -> torch.nn.Module:
+def load_safmn(path: Path, scale: int) -> torch.nn.Module:
     """SAFMN (spandrel's class, as train_peer.py trains it) with a checkpoint's EMA weights."""
     from equal_budget import _peer_classes
-    model = _peer_classes()['SpandrelSAFMN'](upscale=SCALE)
+    model = _peer_classes()['SpandrelSAFMN'](upscale=scale)
     model.load_state_dict(load_state_dict(path), strict=True)
     return model.eval()
 
 
-def evaluate(models: Dict[str, Upscaler], data: Path, keep: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, dict]:
+def evaluate(models: Dict[str, Upscaler], data: Path, scale: int,
+             keep: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, dict]:
     """Per test set and image: bicubic and every model's scores; plus the means. The shipped model's float
     outputs on the first set go into ``keep`` (the reference of the precision comparison)."""
     results = {}
     for folder, label in TEST_SETS:
         per_image: Dict[str, Dict[str, dict]] = {}
-        for gt_path, lr_path in tqdm(pairs(data / folder), desc=folder, unit='img'):
+        for gt_path, lr_path in tqdm(pairs(data / folder, scale), desc=folder, unit='img'):
             gt, lr = cv2.imread(str(gt_path)), cv2.imread(str(lr_path))
-            row = {'bicubic': scores(bicubic_upscale(lr, SCALE), gt)}
+            row = {'bicubic': scores(bicubic_upscale(lr, scale), gt, scale)}
             for name, upscaler in models.items():
                 if name == 'shipped' and keep is not None and folder == TEST_SETS[0][0]:
                     keep[gt_path.stem] = upscaler.upscale_image(lr[..., ::-1].astype(np.float32) / 255.0)
-                    row[name] = scores(_to_bgr_uint8(keep[gt_path.stem]), gt)
+                    row[name] = scores(_to_bgr_uint8(keep[gt_path.stem]), gt, scale)
                 else:
-                    row[name] = scores(upscale_bgr(upscaler, lr), gt)
+                    row[name] = scores(upscale_bgr(upscaler, lr), gt, scale)
             per_image[gt_path.stem] = row
         methods = list(next(iter(per_image.values())))
         mean = {m: {k: float(np.mean([row[m][k] for row in per_image.values()])) for k in ('psnr', 'ssim')}
@@ -92,7 +95,8 @@ def _to_bgr_uint8(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)[..., ::-1])
 
 
-def precision_agreement(checkpoint: Path, data: Path, reference: Dict[str, np.ndarray]) -> Dict[str, dict]:
+def precision_agreement(checkpoint: Path, data: Path, scale: int,
+                        reference: Dict[str, np.ndarray]) -> Dict[str, dict]:
     """The shipped model's other paths (PyTorch bf16, spandrel's model in fp16 and bf16, OpenVINO fp32 and bf16)
     against its PyTorch fp32 outputs (``reference``, by image) on the first test set."""
     from lksmn_arch.inference.latency import runtime_installed
@@ -112,11 +116,11 @@ def precision_agreement(checkpoint: Path, data: Path, reference: Dict[str, np.nd
             paths[f'OpenVINO {precision}'] = build_upscaler(checkpoint, backend='openvino', device='cpu',
                                                             precision=precision, progress=False)
     rows = {name: {'psnr_change': [], 'max_abs_diff': 0.0, 'non_finite': 0} for name in paths}
-    for gt_path, lr_path in tqdm(pairs(data / TEST_SETS[0][0]), desc='precision', unit='img'):
+    for gt_path, lr_path in tqdm(pairs(data / TEST_SETS[0][0], scale), desc='precision', unit='img'):
         gt, lr = cv2.imread(str(gt_path)), cv2.imread(str(lr_path))
         rgb = lr[..., ::-1].astype(np.float32) / 255.0
         base = reference[gt_path.stem]
-        base_psnr = scores(_to_bgr_uint8(base), gt)['psnr']
+        base_psnr = scores(_to_bgr_uint8(base), gt, scale)['psnr']
         for name, runner in paths.items():
             if isinstance(runner, tuple):
                 descriptor, dtype = runner
@@ -126,7 +130,7 @@ def precision_agreement(checkpoint: Path, data: Path, reference: Dict[str, np.nd
                 out = runner.upscale_image(rgb)
             rows[name]['non_finite'] += int((~np.isfinite(out)).sum())
             rows[name]['max_abs_diff'] = max(rows[name]['max_abs_diff'], float(np.nanmax(np.abs(out - base))))
-            rows[name]['psnr_change'].append(scores(_to_bgr_uint8(np.nan_to_num(out)), gt)['psnr'] - base_psnr)
+            rows[name]['psnr_change'].append(scores(_to_bgr_uint8(np.nan_to_num(out)), gt, scale)['psnr'] - base_psnr)
     return {name: {'psnr_change_mean': float(np.mean(r['psnr_change'])),
                    'psnr_change_worst': float(max(r['psnr_change'], key=abs)),
                    'max_abs_diff': r['max_abs_diff'], 'non_finite': r['non_finite']} for name, r in rows.items()}
@@ -137,8 +141,8 @@ def data_summary() -> List[Dict[str, Any]]:
     from lksmn_arch.data.open_photos import load_manifest
     rows: Dict[str, Dict[str, Any]] = {}
     for photo in load_manifest():
-        row = rows.setdefault(photo.package, {'package': f'{photo.package} {photo.version}', 'train': 0, 'test': 0,
-                                              'licences': {}})
+        row = rows.setdefault(photo.package, {'package': f'{photo.package} {photo.version}', 'train': 0, 'val': 0,
+                                              'test': 0, 'licences': {}})
         row[photo.split] += 1
         row['licences'][photo.licence] = row['licences'].get(photo.licence, 0) + 1
     return list(rows.values())
@@ -169,26 +173,28 @@ def training_summary(log: Path, iterations: Optional[int]) -> Dict[str, Any]:
 
 LABELS = {'bicubic': 'MATLAB bicubic', 'shipped': 'LKSMN, shipped model (EMA weights)',
           'non_ema': 'LKSMN, same checkpoint, non-EMA weights', 'safmn': 'SAFMN, same recipe (EMA weights)',
-          'demo': "LKSMN, the demo's recipe"}
+          'demo': "LKSMN, the demo's recipe", 'previous': 'LKSMN, the x4 model shipped before (2026-12-01)'}
 
 
 def markdown(report: dict) -> str:
     """The tables of docs/models.md."""
     lines = ['Data (photos per source, from `lksmn_arch/data/open_photos.json`):', '',
-             '| package | train | held out | licences |', '|---|---:|---:|---|']
+             '| package | train | validation | test | licences |', '|---|---:|---:|---:|---|']
     for row in report['data']:
         licences = ', '.join(f'{k} {v}' for k, v in sorted(row['licences'].items(), key=lambda kv: -kv[1]))
-        lines.append(f"| {row['package']} | {row['train']} | {row['test']} | {licences} |")
-    lines.append(f"| **all** | {sum(r['train'] for r in report['data'])} | {sum(r['test'] for r in report['data'])} | |")
+        lines.append(f"| {row['package']} | {row['train']} | {row['val']} | {row['test']} | {licences} |")
+    totals = ' | '.join(str(sum(r[split] for r in report['data'])) for split in ('train', 'val', 'test'))
+    lines.append(f"| **all** | {totals} | |")
     lines.append('')
     for name, summary in (report.get('training') or {}).items():
         lines.append(f"- {LABELS.get(name, name)}: {summary['iterations']} iterations in "
                      f"{summary['wall_hours']:.2f} h of wall time ({summary['log']})")
     if report.get('training'):
         lines.append('')
+    scale = report['scale']
     for folder, result in report['scores'].items():
         methods = list(result['mean'])
-        lines += [f"**{result['label']} ({result['images']})**, x{SCALE}, PSNR (dB) / SSIM on Y, border {SCALE}:", '',
+        lines += [f"**{result['label']} ({result['images']})**, x{scale}, PSNR (dB) / SSIM on Y, border {scale}:", '',
                   '| method | PSNR / SSIM | over bicubic |', '|---|---|---:|']
         bicubic = result['mean']['bicubic']['psnr']
         for method in methods:
@@ -198,7 +204,7 @@ def markdown(report: dict) -> str:
         lines.append('')
     if report.get('precision'):
         lines += [f"The shipped model's other paths against its PyTorch fp32 output ({report['scores'][TEST_SETS[0][0]]['images']} "
-                  'held-out open photos):', '', '| path | PSNR change (mean / worst image) | largest pixel difference | '
+                  'test-split open photos):', '', '| path | PSNR change (mean / worst image) | largest pixel difference | '
                   'non-finite values |', '|---|---|---:|---:|']
         for name, row in report['precision'].items():
             lines.append(f"| {name} | {row['psnr_change_mean']:+.4f} / {row['psnr_change_worst']:+.4f} dB | "
@@ -221,7 +227,9 @@ def _cpu() -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='benchmarks/model_card.py', description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', type=Path, required=True, help='the folder lksmn-prepare open-photos wrote')
-    parser.add_argument('--shipped', type=Path, default=None, help='the model to card (default: the shipped x4)')
+    parser.add_argument('--scale', type=int, default=4, choices=(2, 3, 4), help='upscaling factor (default 4)')
+    parser.add_argument('--shipped', type=Path, default=None, help='the model to card (default: the shipped one)')
+    parser.add_argument('--previous', type=Path, default=None, help='the model shipped before, for comparison')
     parser.add_argument('--safmn', type=Path, default=None, help='SAFMN checkpoint trained with the same recipe')
     parser.add_argument('--demo', type=Path, default=None, help="lksmn-demo's checkpoint (the demo's recipe)")
     parser.add_argument('--non-ema', type=Path, default=None,
@@ -235,10 +243,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     started = time.time()
     torch.manual_seed(0)
-    shipped = args.shipped or default_model(SCALE).path
+    shipped = args.shipped or default_model(args.scale).path
     models = {'shipped': Upscaler.from_checkpoint(str(shipped), device='cpu', progress=False)}
+    if models['shipped'].scale != args.scale:
+        raise SystemExit(f'model_card.py: error: {shipped} is an x{models["shipped"].scale} model, not x{args.scale}')
+    if args.previous:
+        models['previous'] = Upscaler.from_checkpoint(str(args.previous), device='cpu', progress=False)
     if args.safmn:
-        models['safmn'] = Upscaler(load_safmn(args.safmn), scale=SCALE, device='cpu', progress=False)
+        models['safmn'] = Upscaler(load_safmn(args.safmn, args.scale), scale=args.scale, device='cpu', progress=False)
     if args.non_ema:
         from lksmn_arch import LKSMN
         from lksmn_arch.utils.checkpoint import infer_lksmn_config, read_checkpoint
@@ -249,13 +261,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.demo:
         models['demo'] = Upscaler(build_model_from_checkpoint(args.demo)[0], device='cpu', progress=False)
     reference: Dict[str, np.ndarray] = {}
-    report = {'scale': SCALE, 'shipped': str(shipped), 'data': data_summary(),
-              'scores': evaluate(models, args.data, reference)}
+    report = {'scale': args.scale, 'shipped': str(shipped), 'data': data_summary(),
+              'scores': evaluate(models, args.data, args.scale, reference)}
     if args.train_log:
         report['training'] = {name: training_summary(Path(log), args.iterations) for name, log in
                               zip(('shipped', 'safmn'), args.train_log)}
     if not args.no_precision:
-        report['precision'] = precision_agreement(shipped, args.data, reference)
+        report['precision'] = precision_agreement(shipped, args.data, args.scale, reference)
     shown = ['benchmarks/model_card.py'] + [a if not a.startswith('/') else Path(a).name for a in
                                             (sys.argv[1:] if argv is None else argv)]
     report.update(command=' '.join(shown), seconds=time.time() - started, cpu=_cpu(),
