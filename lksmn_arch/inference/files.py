@@ -402,21 +402,21 @@ def warn_tile_cost(tile: int, tile_pad: int, log: Optional[Any]) -> None:
             f'network processes about {cost:.0f}x the image\'s pixels; a --tile of 128 or more costs under 2x')
 
 
-def _header_megapixels(path: Path) -> float:
-    """An image's size in megapixels from its header alone; 0 when the header cannot be read (the image's own
-    check then says why)."""
-    from PIL import Image
+def _header_megapixels(path: Path, max_pixels: int) -> float:
+    """An image's size in megapixels from its header alone (``check_header``); 0 when it is refused there (the
+    image's own check then says why, when its turn comes)."""
     try:
-        with Image.open(path) as image:
-            return image.size[0] * image.size[1] / 1e6
-    except Exception:  # Pillow raises many types for unknown or broken headers
+        width, height = check_header(path, max_pixels)
+    except (OSError, ValueError):
         return 0.0
+    return width * height / 1e6
 
 
-def _with_megapixel_bar(files: Sequence[Path], skipped: Set[Path], progress: bool) -> Iterator[Path]:
+def _with_megapixel_bar(files: Sequence[Path], skipped: Set[Path], progress: bool,
+                        max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Path]:
     """The files in order, under one bar that advances by each image's megapixels (the work it takes), with
     the image count beside it: a folder of one 12 MP photo and many thumbnails shows its real progress."""
-    megapixels = {path: 0.0 if path in skipped else _header_megapixels(path) for path in files}
+    megapixels = {path: 0.0 if path in skipped else _header_megapixels(path, max_pixels) for path in files}
     bar = tqdm(total=sum(megapixels.values()), desc='images', unit='MP', disable=not progress,
                bar_format='{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} MP '
                           '[{elapsed}<{remaining}{postfix}]')
@@ -483,7 +483,7 @@ def upscale_paths(inputs: Union[PathLike, Sequence[PathLike]], output_dir: PathL
         report.failed.append((path, reason))
         tqdm.write(f'failed: {path}: {reason}', file=sys.stderr)
 
-    for path in _with_megapixel_bar(files, own_outputs, progress):
+    for path in _with_megapixel_bar(files, own_outputs, progress, max_pixels):
         if path in own_outputs:
             report.skipped.append((path, f'its name ends with {suffix!r}: an output of an earlier run into this '
                                          'folder, not upscaled again'))

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
+from lksmn_arch.utils.sysfs import read_value
+
 MODEL_FILE = Path(__file__).with_name('memory_model.json')
 SAFETY = 0.7  # use at most this share of the free memory: the model is a fit, allocators fragment
 # --tile auto without --max-memory: the passes take at most this much (beside the output), however much is free,
@@ -52,11 +54,8 @@ def reset_peak_rss() -> None:
 
 
 def _read_int(path: str) -> Optional[int]:
-    try:
-        text = Path(path).read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
+    text = read_value(path)
+    return int(text) if text is not None and text.isdigit() else None
 
 
 def cgroup_headroom() -> Optional[int]:

@@ -7,28 +7,22 @@ import math
 import os
 from typing import Optional
 
+from lksmn_arch.utils.sysfs import read_value
+
 CGROUP_V2_CPU_MAX = '/sys/fs/cgroup/cpu.max'
 CGROUP_V1_QUOTA = '/sys/fs/cgroup/cpu/cpu.cfs_quota_us'
 CGROUP_V1_PERIOD = '/sys/fs/cgroup/cpu/cpu.cfs_period_us'
 
 
-def _read(path: str) -> Optional[str]:
-    try:
-        with open(path) as file:
-            return file.read().strip()
-    except OSError:
-        return None
-
-
 def cgroup_cpu_limit() -> Optional[int]:
     """CPUs the cgroup's quota allows (rounded up), None without a quota (v2 ``cpu.max``, or v1 CFS)."""
-    v2 = _read(CGROUP_V2_CPU_MAX)
+    v2 = read_value(CGROUP_V2_CPU_MAX)
     if v2:
         quota, _, period = v2.partition(' ')
         if quota != 'max' and quota.isdigit() and period.isdigit() and int(period) > 0:
             return max(1, math.ceil(int(quota) / int(period)))
         return None
-    quota, period = _read(CGROUP_V1_QUOTA), _read(CGROUP_V1_PERIOD)
+    quota, period = read_value(CGROUP_V1_QUOTA), read_value(CGROUP_V1_PERIOD)
     if quota and period and quota.lstrip('-').isdigit() and period.isdigit() and int(quota) > 0 < int(period):
         return max(1, math.ceil(int(quota) / int(period)))
     return None
@@ -49,7 +43,7 @@ def physical_cores() -> int:
     import glob
     cores = set()
     for topology in glob.glob('/sys/devices/system/cpu/cpu[0-9]*/topology'):
-        core, package = _read(f'{topology}/core_id'), _read(f'{topology}/physical_package_id')
+        core, package = read_value(f'{topology}/core_id'), read_value(f'{topology}/physical_package_id')
         if core is not None:
             cores.add((package, core))
     return len(cores) or os.cpu_count() or 1
