@@ -4,7 +4,8 @@ Scores (BasicSR's metrics: Y channel, border = scale, outputs rounded to uint8) 
 for MATLAB bicubic and for each model given: the shipped model (default), SAFMN trained with the same
 recipe (``--safmn``, a checkpoint of ``benchmarks/train_peer.py``), the demo recipe's model (``--demo``,
 ``lksmn-demo``'s checkpoint) and the model shipped before (``--previous``), at ``--scale`` 2, 3 or 4. The test
-split is scored, then the validation split the checkpoints were chosen on, then the demo's photos. All networks run whole images in fp32 with PyTorch on the CPU. Then the
+split is scored, then the validation split the checkpoints were chosen on, then the demo's photos. All networks
+run whole images (tile=0: never tiled, whatever the memory model would choose) in fp32 with PyTorch on the CPU. Then the
 shipped model's other paths (PyTorch bf16, OpenVINO fp32 and bf16 where installed) are compared with its
 fp32 output on the first test set: PSNR change, largest pixel difference, non-finite values. The data table
 comes from the manifest; with ``--train-log`` the wall time of each run to ``--iterations``.
@@ -95,13 +96,13 @@ def _to_bgr_uint8(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)[..., ::-1])
 
 
-def precision_agreement(checkpoint: Path, data: Path, scale: int,
-                        reference: Dict[str, np.ndarray]) -> Dict[str, dict]:
+def precision_agreement(checkpoint: Path, data: Path, scale: int, reference: Dict[str, np.ndarray],
+                        images: Optional[int] = None) -> Dict[str, dict]:
     """The shipped model's other paths (PyTorch bf16, spandrel's model in fp16 and bf16, OpenVINO fp32 and bf16)
-    against its PyTorch fp32 outputs (``reference``, by image) on the first test set."""
+    against its PyTorch fp32 outputs (``reference``, by image) on the first test set (its first ``images``)."""
     from lksmn_arch.inference.latency import runtime_installed
     paths: Dict[str, Any] = {'torch bf16': Upscaler.from_checkpoint(str(checkpoint), device='cpu',
-                                                                    precision='bf16', progress=False)}
+                                                                    precision='bf16', tile=0, progress=False)}
     if importlib.util.find_spec('spandrel') is not None:  # what spandrel-based tools run (supports_half/bfloat16)
         import lksmn_arch.spandrel_support as spandrel_support
         from spandrel import ModelLoader
@@ -114,9 +115,9 @@ def precision_agreement(checkpoint: Path, data: Path, scale: int,
         from lksmn_arch.inference.files import build_upscaler
         for precision in ('fp32', 'bf16'):
             paths[f'OpenVINO {precision}'] = build_upscaler(checkpoint, backend='openvino', device='cpu',
-                                                            precision=precision, progress=False)
+                                                            precision=precision, tile=0, progress=False)
     rows = {name: {'psnr_change': [], 'max_abs_diff': 0.0, 'non_finite': 0} for name in paths}
-    for gt_path, lr_path in tqdm(pairs(data / TEST_SETS[0][0], scale), desc='precision', unit='img'):
+    for gt_path, lr_path in tqdm(pairs(data / TEST_SETS[0][0], scale)[:images], desc='precision', unit='img'):
         gt, lr = cv2.imread(str(gt_path)), cv2.imread(str(lr_path))
         rgb = lr[..., ::-1].astype(np.float32) / 255.0
         base = reference[gt_path.stem]
@@ -203,7 +204,7 @@ def markdown(report: dict) -> str:
             lines.append(f"| {LABELS.get(method, method)} | {mean['psnr']:.2f} / {mean['ssim']:.4f} | {gain} |")
         lines.append('')
     if report.get('precision'):
-        lines += [f"The shipped model's other paths against its PyTorch fp32 output ({report['scores'][TEST_SETS[0][0]]['images']} "
+        lines += [f"The shipped model's other paths against its PyTorch fp32 output ({report['precision_images']} "
                   'test-split open photos):', '', '| path | PSNR change (mean / worst image) | largest pixel difference | '
                   'non-finite values |', '|---|---|---:|---:|']
         for name, row in report['precision'].items():
@@ -235,6 +236,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--non-ema', type=Path, default=None,
                         help="the shipped model's training checkpoint: its non-EMA weights ('params') get a row too")
     parser.add_argument('--no-precision', action='store_true', help='skip the precision agreement')
+    parser.add_argument('--precision-images', type=int, default=None, metavar='N',
+                        help='the precision agreement on the first N test photos only (default: all)')
     parser.add_argument('--train-log', nargs='+', default=None, metavar='LOG',
                         help="BasicSR train logs of the shipped model's run (and SAFMN's): wall time to --iterations")
     parser.add_argument('--iterations', type=int, default=None, help='the iteration the checkpoints are of')
@@ -244,22 +247,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.time()
     torch.manual_seed(0)
     shipped = args.shipped or default_model(args.scale).path
-    models = {'shipped': Upscaler.from_checkpoint(str(shipped), device='cpu', progress=False)}
+    models = {'shipped': Upscaler.from_checkpoint(str(shipped), device='cpu', tile=0, progress=False)}
     if models['shipped'].scale != args.scale:
         raise SystemExit(f'model_card.py: error: {shipped} is an x{models["shipped"].scale} model, not x{args.scale}')
     if args.previous:
-        models['previous'] = Upscaler.from_checkpoint(str(args.previous), device='cpu', progress=False)
+        models['previous'] = Upscaler.from_checkpoint(str(args.previous), device='cpu', tile=0, progress=False)
     if args.safmn:
-        models['safmn'] = Upscaler(load_safmn(args.safmn, args.scale), scale=args.scale, device='cpu', progress=False)
+        models['safmn'] = Upscaler(load_safmn(args.safmn, args.scale), scale=args.scale, device='cpu', tile=0, progress=False)
     if args.non_ema:
         from lksmn_arch import LKSMN
         from lksmn_arch.utils.checkpoint import infer_lksmn_config, read_checkpoint
         state = read_checkpoint(args.non_ema)['params']
         network = LKSMN(**infer_lksmn_config(state))
         network.load_state_dict(state)
-        models['non_ema'] = Upscaler(network, device='cpu', progress=False)
+        models['non_ema'] = Upscaler(network, device='cpu', tile=0, progress=False)
     if args.demo:
-        models['demo'] = Upscaler(build_model_from_checkpoint(args.demo)[0], device='cpu', progress=False)
+        models['demo'] = Upscaler(build_model_from_checkpoint(args.demo)[0], device='cpu', tile=0, progress=False)
     reference: Dict[str, np.ndarray] = {}
     report = {'scale': args.scale, 'shipped': str(shipped), 'data': data_summary(),
               'scores': evaluate(models, args.data, args.scale, reference)}
@@ -267,7 +270,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report['training'] = {name: training_summary(Path(log), args.iterations) for name, log in
                               zip(('shipped', 'safmn'), args.train_log)}
     if not args.no_precision:
-        report['precision'] = precision_agreement(shipped, args.data, args.scale, reference)
+        report['precision'] = precision_agreement(shipped, args.data, args.scale, reference, args.precision_images)
+        report['precision_images'] = args.precision_images or report['scores'][TEST_SETS[0][0]]['images']
     shown = ['benchmarks/model_card.py'] + [a if not a.startswith('/') else Path(a).name for a in
                                             (sys.argv[1:] if argv is None else argv)]
     report.update(command=' '.join(shown), seconds=time.time() - started, cpu=_cpu(),

@@ -1,6 +1,6 @@
-"""The starter model shipped in the package: listed with its checksums and provenance, the default of
-lksmn-upscale, Upscaler and option files (shipped:x4), refused when damaged; its card's figures are the files
-the evaluation wrote."""
+"""The models shipped in the package (x2, x3, x4): listed with their checksums and provenance, the defaults of
+lksmn-upscale, Upscaler and option files (shipped:x<s>), refused when damaged; their card's figures are the
+files the evaluation wrote."""
 import json
 import shutil
 from pathlib import Path
@@ -23,14 +23,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_every_shipped_model_is_listed_with_its_checksums_and_provenance():
     models = pretrained.shipped_models()
-    assert [m.scale for m in models] == [4]
+    assert [m.scale for m in models] == [2, 3, 4]
     for model in models:
         assert pretrained.file_sha256(model.path) == model.sha256
         assert pretrained.file_sha256(model.safetensors_path) == model.safetensors_sha256
         assert model.path.stat().st_size < 5 * 2**20
         network, config = build_model_from_checkpoint(model.path)
         assert config == {**model.network, 'lkcd_kernels': tuple(map(tuple, model.network['lkcd_kernels']))}
-        assert sum(p.numel() for p in network.parameters() if p.requires_grad) == 251_427  # the default network
+        default = lksmn_arch.LKSMN(upscale=model.scale)  # the default network (x4: 251,427 parameters)
+        assert sum(p.numel() for p in network.parameters() if p.requires_grad) == sum(
+            p.numel() for p in default.parameters() if p.requires_grad)
         assert model.iterations > 0 and model.data and model.hardware
         assert (REPO / model.recipe).is_file()
         same = load_state_dict(model.safetensors_path)
@@ -49,7 +51,22 @@ def test_upscale_without_a_model_runs_the_shipped_one_and_names_it(tmp_path):
     assert shipped.shape == (40, 48, 3) and np.array_equal(shipped, cv2.imread(str(expected)))
 
 
-def test_a_scale_without_a_shipped_model_says_which_exist(tmp_path, capsys):
+@pytest.mark.parametrize('scale', [2, 3])
+def test_upscale_at_scale_2_and_3_without_a_model_runs_that_scale_s_shipped_model_and_names_it(tmp_path, capsys,
+                                                                                              scale):
+    photo = tmp_path / 'photo.png'
+    cv2.imwrite(str(photo), np.random.default_rng(0).integers(0, 256, (10, 12, 3), dtype=np.uint8))
+    assert upscale_cli.main(['-i', str(photo), '-o', str(tmp_path / 'out'), '--scale', str(scale), '--quiet']) == 0
+    assert f'model: LKSMN_x{scale}_openphotos (shipped x{scale} model, trained ' in capsys.readouterr().out
+    assert cv2.imread(str(tmp_path / 'out' / f'photo_x{scale}.png')).shape == (10 * scale, 12 * scale, 3)
+    assert Upscaler.from_checkpoint(scale=scale).scale == scale
+
+
+def test_a_scale_without_a_shipped_model_says_which_exist(tmp_path, capsys, monkeypatch):
+    only_x4 = tmp_path / 'models.json'
+    index = json.loads(pretrained.INDEX.read_text())
+    only_x4.write_text(json.dumps({'models': [m for m in index['models'] if m['scale'] == 4]}))
+    monkeypatch.setattr(pretrained, 'INDEX', only_x4)
     photo = tmp_path / 'photo.png'
     cv2.imwrite(str(photo), np.zeros((8, 8, 3), np.uint8))
     assert upscale_cli.main(['-i', str(photo), '-o', str(tmp_path / 'out'), '--scale', '2', '--quiet']) == 2
@@ -78,14 +95,27 @@ def test_option_files_name_the_shipped_model_as_shipped_x4():
     overrides = resolve_shipped_paths(opt, 'test.yml')
     assert opt['path']['pretrain_network_g'] == str(pretrained.default_model(4).path)
     assert overrides == [f'path:pretrain_network_g={pretrained.default_model(4).path}']
-    with pytest.raises(OptionsError, match=r'shipped:x3: no shipped LKSMN model for x3'):
-        resolve_shipped_paths({'path': {'pretrain_network_g': 'shipped:x3'}}, 'test.yml')
+    opt = {'path': {'pretrain_network_g': 'shipped:x2'}}
+    resolve_shipped_paths(opt, 'test.yml')
+    assert opt['path']['pretrain_network_g'] == str(pretrained.default_model(2).path)
+    with pytest.raises(OptionsError, match=r'shipped:x8: no shipped LKSMN model for x8 \(shipped: x2, x3, x4\)'):
+        resolve_shipped_paths({'path': {'pretrain_network_g': 'shipped:x8'}}, 'test.yml')
 
 
-def test_model_card_tables_are_the_file_the_evaluation_wrote():
-    written = (REPO / 'benchmarks' / 'results' / 'model_card_x4.md').read_text().splitlines()
+@pytest.mark.parametrize('scale', [2, 3, 4])
+def test_model_card_tables_are_the_file_the_evaluation_wrote(scale):
+    written = (REPO / 'benchmarks' / 'results' / f'model_card_x{scale}.md').read_text().splitlines()
     card = (REPO / 'docs' / 'models.md').read_text()
     missing = [line for line in written if line.strip() and line not in card]
-    assert not missing, f'docs/models.md lacks {len(missing)} line(s) of model_card_x4.md, e.g. {missing[0]!r}'
-    report = json.loads((REPO / 'benchmarks' / 'results' / 'model_card_x4.json').read_text())
-    assert Path(report['shipped']).name == pretrained.default_model(4).file
+    assert not missing, f'docs/models.md lacks {len(missing)} line(s) of model_card_x{scale}.md, e.g. {missing[0]!r}'
+    report = json.loads((REPO / 'benchmarks' / 'results' / f'model_card_x{scale}.json').read_text())
+    assert Path(report['shipped']).name == pretrained.default_model(scale).file and report['scale'] == scale
+
+
+def test_model_card_learning_curves_are_the_file_the_benchmark_wrote():
+    curves = json.loads((REPO / 'benchmarks' / 'results' / 'learning_curves.json').read_text())['runs']
+    assert set(curves) == {'x2', 'x3', 'x4'}
+    for name, run in curves.items():
+        model = pretrained.default_model(int(name[1:]))
+        assert any(point['iteration'] == model.iterations for point in run['points']), name
+    assert (REPO / 'docs' / 'img' / 'learning_curves.png').is_file()
