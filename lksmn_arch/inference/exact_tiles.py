@@ -12,8 +12,8 @@ cross-faded tiles) differs from the whole image. Those sums can be added up over
    ``LKSMN.receptive_radius`` pixels of context, gives exactly the whole image's output on its core.
 
 Peak memory stays that of one tile. The price is the partial passes (three for the default network) and the
-wider context: measured 2.7x the time of cross-faded tiles at tiles of 128 (``benchmarks/tiling_psnr.py``,
-``benchmarks/results/exact_tiles_cpu.json``); larger tiles read relatively less context.
+wider context: measured 2.7x the time of cross-faded tiles at tiles of 128 and 2.1x at 256, about twice
+the whole image's time (``benchmarks/tiling_psnr.py``, ``benchmarks/results/exact_tiles_cpu*.json``).
 """
 from typing import Callable, List, Optional, Tuple
 
