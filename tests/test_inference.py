@@ -102,6 +102,13 @@ def test_exact_tiles_reproduce_the_whole_image_where_blended_tiles_do_not(model)
     assert float((blended - whole).abs().max()) > 1e-4  # 3e-4 with these weights; the shipped x4: 0.08 on a photo
 
 
+def test_exact_tiles_run_in_bf16_and_match_the_whole_image_to_bf16_rounding(model):
+    x = torch.rand(1, 3, 70, 64)
+    whole = Upscaler(model, precision='bf16', device='cpu').upscale_tensor(x)
+    exact = Upscaler(model, tile=20, exact_tiles=True, precision='bf16', device='cpu', progress=False).upscale_tensor(x)
+    assert float((exact - whole).abs().max()) <= 2 ** -7  # two steps of bf16's 8-bit mantissa near 1
+
+
 def test_exact_tiles_with_tta_reproduce_whole_image_tta(model):
     x = torch.rand(1, 3, 70, 64)
     whole = Upscaler(model, tta=True, device='cpu').upscale_tensor(x)

@@ -329,27 +329,29 @@ class MDTA(nn.Module):
         if self.statistics_hook is not None:
             self.statistics_hook(q.reshape(batch, height, width, channels), k.reshape(batch, height, width, channels))
         if self.frozen_mixing is not None:
-            out = torch.baddbmm(self.project_out.bias.view(1, 1, -1), v, self.frozen_mixing.to(v.dtype).transpose(1, 2))
-            return out.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
-        if q.dtype == torch.float16:  # 5 exponent bits: q^T k over a whole image may overflow unless normalised first
-            cosine = F.normalize(q, dim=1).transpose(1, 2) @ F.normalize(k, dim=1)
+            mixing = self.frozen_mixing.to(v.dtype)
+        elif q.dtype == torch.float16:  # 5 exponent bits: q^T k over a whole image may overflow unless normalised first
+            mixing = self._mixing(F.normalize(q, dim=1).transpose(1, 2) @ F.normalize(k, dim=1))
         else:
             norm_q = q.norm(dim=1).clamp_min(1e-12)  # F.normalize's eps
             norm_k = k.norm(dim=1).clamp_min(1e-12)
-            cosine = (q.transpose(1, 2) @ k) / (norm_q[:, :, None] * norm_k[:, None, :])
+            mixing = self._mixing((q.transpose(1, 2) @ k) / (norm_q[:, :, None] * norm_k[:, None, :]))
         # project_out(attention @ v) == v @ (W_out @ attention)^T + b_out, in matrix form
-        out = torch.baddbmm(self.project_out.bias.view(1, 1, -1), v, self._mixing(cosine).transpose(1, 2))
+        out = torch.baddbmm(self.project_out.bias.view(1, 1, -1), v, mixing.transpose(1, 2))
         return out.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
 
     def _mixing(self, cosine: torch.Tensor) -> torch.Tensor:
-        """project_out's weight @ the block-diagonal attention, from the (B, C, C) cosine similarities."""
-        attention = (cosine * self.logit_scale + self.logit_mask).softmax(dim=-1)
-        return self.project_out.weight[:, :, 0, 0] @ attention
+        """project_out's weight @ the block-diagonal attention, from the (B, C, C) cosine similarities, in their
+        dtype (the network's on the forward path; float32 for statistics summed over tiles, whatever it runs in)."""
+        attention = (cosine * self.logit_scale.to(cosine.dtype) + self.logit_mask.to(cosine.dtype)).softmax(dim=-1)
+        return self.project_out.weight[:, :, 0, 0].to(cosine.dtype) @ attention
 
     def mixing_from_statistics(self, gram: torch.Tensor, square_norm_q: torch.Tensor,
                                square_norm_k: torch.Tensor) -> torch.Tensor:
         """The inference form's mixing matrix from sums over the image's pixels: ``gram`` = q^T k (B, C, C) and
-        the squared column norms of q and k (B, C), as summed over tiles; the value ``frozen_mixing`` takes."""
+        the squared column norms of q and k (B, C), as summed over tiles; the value ``frozen_mixing`` takes, in the
+        statistics' dtype (float32 from exact tiles, so that fp16 sums cannot overflow and bf16 ones keep their
+        precision)."""
         norm_q = square_norm_q.sqrt().clamp_min(1e-12)
         norm_k = square_norm_k.sqrt().clamp_min(1e-12)
         return self._mixing(gram / (norm_q[:, :, None] * norm_k[:, None, :]))

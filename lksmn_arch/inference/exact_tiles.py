@@ -15,7 +15,7 @@ Peak memory stays that of one tile. The price is the partial passes (three for t
 wider context: measured 2.7x the time of cross-faded tiles at tiles of 128 and 2.1x at 256, about twice
 the whole image's time (``benchmarks/tiling_psnr.py``, ``benchmarks/results/exact_tiles_cpu*.json``).
 """
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -58,26 +58,36 @@ def exact_tiled_forward(model: nn.Module, x: torch.Tensor, rows: List[Tile], col
                disable=not progress or len(rows) * len(cols) == 1)
     try:
         for mdta in mdtas:
-            gram, square_q, square_k = _whole_image_statistics(mdta, x, rows, cols, run, bar)
-            device, dtype = mdta.project_out.weight.device, mdta.project_out.weight.dtype
-            with torch.no_grad():
+            statistics = _whole_image_statistics(mdta, x, rows, cols, run, bar)
+            device = mdta.project_out.weight.device
+            with torch.no_grad():  # in float32, whatever the network runs in (MDTA casts it to its own dtype)
                 mdta.frozen_mixing = mdta.mixing_from_statistics(
-                    *(t.to(device=device, dtype=torch.float32) for t in (gram, square_q, square_k))).to(dtype)
+                    *(total.to(device=device, dtype=torch.float32) for total in statistics))
         out: Optional[torch.Tensor] = None
-        for core_y0, core_y1, y0, y1 in rows:
-            for core_x0, core_x1, x0, x1 in cols:
-                piece = run(x[..., y0:y1, x0:x1])
-                if out is None:
-                    out = torch.empty(x.shape[0], piece.shape[1], x.shape[-2] * scale, x.shape[-1] * scale)
-                out[..., core_y0 * scale:core_y1 * scale, core_x0 * scale:core_x1 * scale] = piece[
-                    ..., (core_y0 - y0) * scale:(core_y1 - y0) * scale, (core_x0 - x0) * scale:(core_x1 - x0) * scale]
-                bar.update()
+        for (top, bottom, left, right), (core_y0, core_x0), tile in _tiles(x, rows, cols):
+            piece = run(tile)
+            if out is None:
+                out = torch.empty(x.shape[0], piece.shape[1], x.shape[-2] * scale, x.shape[-1] * scale)
+            core_y1, core_x1 = core_y0 + bottom - top, core_x0 + right - left
+            out[..., core_y0 * scale:core_y1 * scale, core_x0 * scale:core_x1 * scale] = piece[
+                ..., top * scale:bottom * scale, left * scale:right * scale]
+            bar.update()
         return out
     finally:
         bar.close()
         for mdta in mdtas:
             mdta.frozen_mixing = None
             mdta.statistics_hook = None
+
+
+def _tiles(x: torch.Tensor, rows: List[Tile], cols: List[Tile]) -> Iterator[Tuple[Tuple[int, int, int, int],
+                                                                              Tuple[int, int], torch.Tensor]]:
+    """Per tile: its core in the tile's own pixels (top, bottom, left, right), the core's origin in the image
+    (row, column), and the tile as read (core and context)."""
+    for core_y0, core_y1, y0, y1 in rows:
+        for core_x0, core_x1, x0, x1 in cols:
+            yield ((core_y0 - y0, core_y1 - y0, core_x0 - x0, core_x1 - x0), (core_y0, core_x0),
+                   x[..., y0:y1, x0:x1])
 
 
 def _whole_image_statistics(mdta: nn.Module, x: torch.Tensor, rows: List[Tile], cols: List[Tile],
@@ -99,16 +109,15 @@ def _whole_image_statistics(mdta: nn.Module, x: torch.Tensor, rows: List[Tile], 
 
     mdta.statistics_hook = collect
     try:
-        for core_y0, core_y1, y0, y1 in rows:
-            for core_x0, core_x1, x0, x1 in cols:
-                core[:] = core_y0 - y0, core_y1 - y0, core_x0 - x0, core_x1 - x0
-                try:
-                    run(x[..., y0:y1, x0:x1])
-                except _PassDone:
-                    pass
-                else:
-                    raise RuntimeError('exact tiles: the MDTA statistics hook was not reached')
-                bar.update()
+        for own_core, _, tile in _tiles(x, rows, cols):
+            core[:] = own_core
+            try:
+                run(tile)
+            except _PassDone:
+                pass
+            else:
+                raise RuntimeError('exact tiles: the MDTA statistics hook was not reached')
+            bar.update()
     finally:
         mdta.statistics_hook = None
     return totals[0], totals[1], totals[2]
