@@ -162,6 +162,8 @@ class Upscaler:
                  tta: bool = False, progress: bool = True, fuse: bool = True, channels_last: bool = True,
                  compile: bool = False, max_memory: Optional[int] = None, exact_tiles: bool = False) -> None:
         check_tiling(tile, tile_pad)
+        if exact_tiles and compile:
+            raise ValueError('exact tiles run Python hooks inside the network: use them without compile')
         self.max_memory = max_memory
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {list(PRECISIONS)}, got {precision!r}')
@@ -190,12 +192,6 @@ class Upscaler:
             self.model: Network = model.to(device=self.device, dtype=self.dtype,
                                            memory_format=self.memory_format).eval()
             self._forward: Callable[[torch.Tensor], torch.Tensor] = self.model
-            if exact_tiles:
-                from lksmn_arch.inference.exact_tiles import check_exact_tiling
-                if compile:
-                    raise ValueError('exact tiles run Python hooks inside the network: use them without compile')
-                self.tile_pad = check_exact_tiling(self.model)
-                check_tiling(tile, self.tile_pad)  # the cost of tiles read with the receptive radius as context
             if compile:
                 from lksmn_arch.inference.latency import compile_for_inference
                 self._forward = compile_for_inference(self.model)
@@ -206,9 +202,10 @@ class Upscaler:
                                  f"({type(model).__name__}) runs in {runs_in}")
             self.device = torch.device('cpu')
             self.model = self._forward = model
-            if exact_tiles:
-                from lksmn_arch.inference.exact_tiles import check_exact_tiling
-                check_exact_tiling(model)  # raises: an exported graph has no hooks
+        if exact_tiles:  # an exported graph (no hooks) or an unfused network is refused here
+            from lksmn_arch.inference.exact_tiles import check_exact_tiling
+            self.tile_pad = check_exact_tiling(self.model)
+            check_tiling(tile, self.tile_pad)  # the cost of tiles read with the receptive radius as context
         self.exact_tiles = exact_tiles
 
     @classmethod
