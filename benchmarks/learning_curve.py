@@ -22,8 +22,9 @@ sys.path.insert(0, str(ROOT))
 
 from lksmn_arch.utils.atomic import replace_atomically  # noqa: E402
 
-_LINE = re.compile(r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ INFO: (.*)$')
-_ITERATION = re.compile(r'iter:\s*([\d,]+)')
+# A BasicSR log line (time stamp, message) and the iteration in a training-progress message
+LOG_LINE = re.compile(r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ INFO: (.*)$')
+ITERATION = re.compile(r'iter:\s*([\d,]+)')
 _PSNR = re.compile(r'^\s*# psnr: ([\d.]+)')
 
 
@@ -36,12 +37,12 @@ def validation_points(logs: Sequence[Path]) -> List[Dict[str, float]]:
         start = stamp = None
         iteration, validating = None, False
         for line in Path(log).read_text(errors='replace').splitlines():
-            match = _LINE.match(line)
+            match = LOG_LINE.match(line)
             if match:
                 stamp, text = datetime.strptime(match.group(1), '%Y-%m-%d %H:%M:%S'), match.group(2)
                 if text.startswith('Start training'):
                     start = stamp
-                found = _ITERATION.search(text)
+                found = ITERATION.search(text)
                 if found:
                     iteration = int(found.group(1).replace(',', ''))
                 validating = text.startswith('Validation ')

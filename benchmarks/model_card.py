@@ -18,7 +18,6 @@ docs/models.md holds the markdown file verbatim (a test checks it).
 import argparse
 import importlib.util
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from lksmn_arch.data.prepare import bicubic_upscale  # noqa: E402
 from lksmn_arch.training.demo import upscale_bgr  # noqa: E402
 from lksmn_arch.inference.upscaler import Upscaler  # noqa: E402
 from lksmn_arch.weights.shipped import default_model  # noqa: E402
+from learning_curve import ITERATION, LOG_LINE  # noqa: E402  (the BasicSR log format, read in one place)
 
 TEST_SETS = (('openphotos_test', 'open photos, test split'),
              ('openphotos_val', 'open photos, validation split (checkpoints were chosen on it)'),
@@ -149,7 +149,6 @@ def data_summary() -> List[Dict[str, Any]]:
     return list(rows.values())
 
 
-_LOG_TIME = re.compile(r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ INFO: (.*)$')
 
 
 def training_summary(log: Path, iterations: Optional[int]) -> Dict[str, Any]:
@@ -157,13 +156,13 @@ def training_summary(log: Path, iterations: Optional[int]) -> Dict[str, Any]:
     from datetime import datetime
     start, reached, last = None, None, None
     for line in log.read_text().splitlines():
-        match = _LOG_TIME.match(line)
+        match = LOG_LINE.match(line)
         if not match:
             continue
         stamp, text = datetime.strptime(match.group(1), '%Y-%m-%d %H:%M:%S'), match.group(2)
         if text.startswith('Start training') and start is None:
             start = stamp
-        iteration = re.search(r'iter:\s*([\d,]+)', text)
+        iteration = ITERATION.search(text)
         if iteration:
             last = int(iteration.group(1).replace(',', ''))
             if iterations is not None and last >= iterations and reached is None:
