@@ -35,6 +35,7 @@ from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
 
 from lksmn_arch.utils.atomic import replace_atomically  # noqa: E402
 from lksmn_arch.utils.checkpoint import build_model_from_checkpoint, load_state_dict  # noqa: E402
+from lksmn_arch.utils.cpus import cpu_label  # noqa: E402
 from lksmn_arch.data.prepare import bicubic_upscale  # noqa: E402
 from lksmn_arch.training.demo import upscale_bgr  # noqa: E402
 from lksmn_arch.inference.upscaler import Upscaler  # noqa: E402
@@ -214,16 +215,6 @@ def markdown(report: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def _cpu() -> str:
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return 'unknown CPU'
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='benchmarks/model_card.py', description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', type=Path, required=True, help='the folder lksmn-prepare open-photos wrote')
@@ -273,7 +264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report['precision_images'] = args.precision_images or report['scores'][TEST_SETS[0][0]]['images']
     shown = ['benchmarks/model_card.py'] + [a if not a.startswith('/') else Path(a).name for a in
                                             (sys.argv[1:] if argv is None else argv)]
-    report.update(command=' '.join(shown), seconds=time.time() - started, cpu=_cpu(),
+    report.update(command=' '.join(shown), seconds=time.time() - started, cpu=cpu_label(),
                   threads=torch.get_num_threads())
     for path, text in ((args.json, json.dumps(report, indent=1) + '\n'), (args.markdown, markdown(report))):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ from torch import nn
 import lksmn_arch  # noqa: F401  (compat fixes before basicsr)
 from lksmn_arch.archs.lksmn_arch import LKSMN
 from lksmn_arch.archs.complexity import count_multi_adds, count_parameters, peak_forward_memory, resolve_device
+from lksmn_arch.utils.cpus import cpu_flags, cpu_model_name
 from lksmn_arch.inference.upscaler import Upscaler
 from lksmn_arch.inference.latency import (ALL_PATHS, FP32_PATHS, GLIBC_MMAP_THRESHOLD_CEILING, OPENVINO_PATHS, inference_form,
                                 make_forward, median, runtime_installed, time_interleaved)
@@ -291,16 +292,7 @@ def describe_machine(device: torch.device, threads: int) -> Dict[str, object]:
         info['openvino'] = openvino.__version__
     except ImportError:
         info['openvino'] = None
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name') and cpu in ('', platform.machine(), platform.processor()):
-                cpu = line.split(':', 1)[1].strip()
-            elif line.startswith('flags') and not flags:
-                flags = set(line.split(':', 1)[1].split())
-    except OSError:
-        pass
-    info['cpu'] = cpu
+    info['cpu'], flags = cpu_model_name(), cpu_flags()
     info['cpu_count'] = os.cpu_count()
     info['cpu_flags'] = {'AVX2': 'avx2' in flags, 'AVX-512': 'avx512f' in flags, 'AVX-512 BF16': 'avx512_bf16' in flags,
                          'AVX-512 VNNI': 'avx512_vnni' in flags, 'AMX': 'amx_tile' in flags}

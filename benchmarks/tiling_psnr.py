@@ -146,9 +146,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print('\n'.join(lines))
     if args.json:
         from lksmn_arch.utils.atomic import replace_atomically
-        from lksmn_arch.inference.latency import cpu_name
+        from lksmn_arch.utils.cpus import cpu_label
         shown = ' '.join(['python benchmarks/tiling_psnr.py', *(sys.argv[1:] if argv is None else argv)])
-        text = json.dumps({'command': shown, 'cpu': cpu_name(), 'threads': torch.get_num_threads(),
+        text = json.dumps({'command': shown, 'cpu': cpu_label(), 'threads': torch.get_num_threads(),
                            'rows': rows, 'markdown': lines}, indent=1) + '\n'
         args.json.parent.mkdir(parents=True, exist_ok=True)
         replace_atomically(args.json, lambda temp: temp.write_text(text), durable=False)

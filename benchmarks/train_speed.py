@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lksmn_arch  # noqa: E402,F401  (compatibility fixes before basicsr; registers LKSMN)
 
 from report import save_report  # noqa: E402
-from lksmn_arch.inference.latency import cpu_name  # noqa: E402
-from lksmn_arch.models.lksmn_model import LKSMNModel, cpu_has_native_bf16, training_path  # noqa: E402
+from lksmn_arch.models.lksmn_model import LKSMNModel, training_path  # noqa: E402
+from lksmn_arch.utils.cpus import cpu_has_native_bf16, cpu_label  # noqa: E402
 
 NETWORKS = {'LKSMN': {'type': 'LKSMN'}, 'SAFMN': {'type': 'SpandrelSAFMN'}}
 
@@ -180,7 +180,7 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
                                      'rounds_ms': [round(v * 1000, 2) for v in values]})
                         print(f'  {network:6s} {path_name:28s} {median * 1000:8.1f} ms/iter', flush=True)
                     del configs
-    return {'device': device, 'cpu': cpu_name(), 'native_bf16': cpu_has_native_bf16(),
+    return {'device': device, 'cpu': cpu_label(), 'native_bf16': cpu_has_native_bf16(),
             'default_path': auto_path_name(device),
             'torch': torch.__version__, 'python': platform.python_version(), 'scale': args.scale,
             'rounds': args.rounds, 'iters': args.iters, 'warmup': args.warmup,

@@ -59,7 +59,8 @@ def measure_one(backend: str, precision: str, height: int, width: int) -> Option
 
 
 def measure(sizes: Sequence[int]) -> Dict[str, Any]:
-    from lksmn_arch.inference.latency import cpu_name, runtime_installed
+    from lksmn_arch.inference.latency import runtime_installed
+    from lksmn_arch.utils.cpus import cpu_label
     rows: List[Dict[str, Any]] = []
     for backend, precision in CONFIGS:
         if backend != 'torch' and not runtime_installed(backend):
@@ -80,7 +81,7 @@ def measure(sizes: Sequence[int]) -> Dict[str, Any]:
         slope = (b1 - b0) / (p1 - p0)
         rows.append({'backend': backend, 'precision': precision, 'points': points,
                      'bytes_per_pixel': round(slope, 1), 'intercept_bytes': max(0, round(b0 - slope * p0))})
-    return {'cpu': cpu_name(), 'python': platform.python_version(), 'network': 'shipped x4 (48 features, 3 blocks)',
+    return {'cpu': cpu_label(), 'python': platform.python_version(), 'network': 'shipped x4 (48 features, 3 blocks)',
             'num_feat': 48, 'scale': 4, 'command': 'python benchmarks/upscale_memory.py ' + ' '.join(sys.argv[1:]),
             'rows': rows}
 

@@ -107,7 +107,7 @@ def safmn_seconds(image: np.ndarray) -> Dict[str, Any]:
 
 
 def measure(photo_path: Path, folder_count: int, sizes: Sequence[float] = SIZES_MP) -> Dict[str, Any]:
-    from lksmn_arch.inference.latency import cpu_name
+    from lksmn_arch.utils.cpus import cpu_label
     source = cv2.imread(str(photo_path))
     if source is None:
         raise SystemExit(f'upscale_speed.py: error: cannot read --photo {photo_path}')
@@ -137,7 +137,7 @@ def measure(photo_path: Path, folder_count: int, sizes: Sequence[float] = SIZES_
         rows.append({'input': f'folder of {folder_count} photos, 0.1-2 MP ({pixels / 1e6:.1f} MP in all)',
                      'command_s': round(seconds, 2), 'peak_rss_gb': round(peak / 1e9, 2)})
         print(rows[-1], flush=True)
-    return {'cpu': cpu_name(), 'python': platform.python_version(), 'photo': photo_path.name,
+    return {'cpu': cpu_label(), 'python': platform.python_version(), 'photo': photo_path.name,
             'command': 'python benchmarks/upscale_speed.py ' + ' '.join(sys.argv[1:]), 'rows': rows}
 
 

@@ -12,7 +12,6 @@ candidate alike.
 """
 import copy
 import importlib.util
-import platform
 import statistics
 import tempfile
 import time
@@ -36,23 +35,6 @@ OPENVINO_PATHS = ('openvino', 'bf16 openvino')
 ALL_PATHS = FP32_PATHS + BF16_PATHS + OPENVINO_PATHS
 # The packages each runtime needs: itself, and onnx for the export it runs.
 RUNTIME_MODULES = {'onnxruntime': ('onnxruntime', 'onnx'), 'openvino': ('openvino', 'onnx')}
-
-
-def cpu_name() -> str:
-    """The CPU's model name and its vector extensions that matter here (for a speed figure's label)."""
-    name, flags = '', set()
-    try:
-        for line in Path('/proc/cpuinfo').read_text(errors='replace').splitlines():
-            if line.startswith('model name') and not name:
-                name = line.split(':', 1)[1].strip()
-            elif line.startswith('flags') and not flags:
-                flags = set(line.split(':', 1)[1].split())
-    except OSError:
-        pass
-    name = name or platform.processor() or platform.machine() or 'unknown CPU'
-    extensions = [label for flag, label in (('avx512f', 'AVX-512'), ('avx512_bf16', 'BF16'), ('amx_tile', 'AMX'))
-                  if flag in flags] or (['AVX2'] if 'avx2' in flags else [])
-    return f'{name} ({", ".join(extensions)})' if extensions else name
 
 
 def runtime_installed(runtime: str) -> bool:

@@ -57,6 +57,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from lksmn_arch.training import resume
 from lksmn_arch.utils.atomic import atomic_save, check_writable, remove_stale_temporaries
 from lksmn_arch.utils.checkpoint import CheckpointError, check_weights
+from lksmn_arch.utils.cpus import cpu_has_native_bf16
 from lksmn_arch.training.resume import TrainingError, load_trusted
 
 DEFAULT_MAX_NONFINITE_STEPS = 20
@@ -65,16 +66,6 @@ PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 WORKER_GRACE_S = 2.0  # a terminated DataLoader worker that is still alive after this is killed
 THREAD_GRACE_S = 3.0  # after a failure, how long the command waits for non-daemon threads the run left
 EXIT_WATCHDOG_S = 60.0  # after a failure, the longest the command's interpreter shutdown may take
-
-
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX): there bf16 autocast is faster than
-    fp32; elsewhere oneDNN emulates it, which is slower than fp32 (Linux: read from /proc/cpuinfo)."""
-    try:
-        flags = Path('/proc/cpuinfo').read_text(errors='replace')
-    except OSError:
-        return False
-    return ' avx512_bf16' in flags or ' amx_bf16' in flags
 
 
 def training_path(train_opt: Dict[str, Any], device_type: str) -> Tuple[bool, Optional[torch.dtype], List[str]]:

@@ -1,17 +1,68 @@
-"""How many CPUs this process may use: its affinity mask and its cgroup's CPU quota, whichever is smaller.
+"""What this machine's CPU is and how many of its CPUs this process may use.
 
-Runtimes size their thread pools from the machine (ONNX Runtime and OpenVINO from the physical cores), so in
+``cpu_model_name``/``cpu_flags`` read /proc/cpuinfo once for every caller (speed labels, the training path's
+bf16 check, benchmark reports). ``usable_cpus`` is the affinity mask capped by the cgroup's CPU quota: runtimes size their thread pools from the machine (ONNX Runtime and OpenVINO from the physical cores), so in
 a container limited to 2 CPUs of a 64-core host, or under ``taskset``, they start more threads than they can
 run and each pass waits on the ones descheduled."""
+import functools
 import math
 import os
-from typing import Optional
+import platform
+from typing import FrozenSet, Optional, Tuple
 
 from lksmn_arch.utils.sysfs import read_value
 
 CGROUP_V2_CPU_MAX = '/sys/fs/cgroup/cpu.max'
 CGROUP_V1_QUOTA = '/sys/fs/cgroup/cpu/cpu.cfs_quota_us'
 CGROUP_V1_PERIOD = '/sys/fs/cgroup/cpu/cpu.cfs_period_us'
+CPUINFO = '/proc/cpuinfo'
+# cpuinfo flag -> the label a speed figure names (what decides which kernels oneDNN runs)
+LABELLED_FLAGS = (('avx512f', 'AVX-512'), ('avx512_bf16', 'BF16'), ('amx_tile', 'AMX'))
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> Tuple[str, FrozenSet[str]]:
+    """The first processor's model name and flags from /proc/cpuinfo; ('', empty) where it cannot be read."""
+    name, flags = '', frozenset()
+    try:
+        with open(CPUINFO, errors='replace') as file:
+            for line in file:
+                key, _, value = line.partition(':')
+                key = key.strip()
+                if key == 'model name' and not name:
+                    name = value.strip()
+                elif key == 'flags' and not flags:
+                    flags = frozenset(value.split())
+                if name and flags:
+                    break
+    except OSError:
+        pass
+    return name, flags
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name ('AMD EPYC 9R14 ...'), or what ``platform`` knows where /proc/cpuinfo is absent."""
+    return _cpuinfo()[0] or platform.processor() or platform.machine() or 'unknown CPU'
+
+
+def cpu_flags() -> FrozenSet[str]:
+    """The CPU's feature flags as /proc/cpuinfo names them ('avx2', 'avx512f', 'avx512_bf16', ...); empty
+    where they cannot be read."""
+    return _cpuinfo()[1]
+
+
+def cpu_label() -> str:
+    """The model name and the vector extensions that matter here, for a speed figure: 'AMD EPYC (AVX-512, BF16)'."""
+    flags = cpu_flags()
+    extensions = [label for flag, label in LABELLED_FLAGS if flag in flags] or (['AVX2'] if 'avx2' in flags else [])
+    name = cpu_model_name()
+    return f'{name} ({", ".join(extensions)})' if extensions else name
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX): there bf16 autocast is faster than
+    fp32; elsewhere oneDNN emulates it, which is slower than fp32."""
+    return bool(cpu_flags() & {'avx512_bf16', 'amx_bf16'})
 
 
 def cgroup_cpu_limit() -> Optional[int]:
