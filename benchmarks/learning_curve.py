@@ -3,11 +3,12 @@
 Reads BasicSR training logs (``experiments/<name>/train_<name>_<stamp>.log``; several per run when it was
 resumed, in order), takes every validation's PSNR with the iteration it was run at and the training time up to
 it (time within each log from its "Start training" line, summed over the logs: time between sessions is not
-counted), and writes them to a JSON file and, with matplotlib installed (the ``bench`` extra), a picture::
+counted), and writes them to a JSON file and, with matplotlib installed (the ``bench`` extra), a picture
+(runs named ``ROW/LABEL`` share a row, to compare them on one axis)::
 
-    .venv/bin/python benchmarks/learning_curve.py --run x4 experiments/LKSMN_x4_openphotos/train_*.log \\
-        --run x2 .../train_LKSMN_x2_openphotos_*.log --json benchmarks/results/learning_curves.json \\
-        --picture docs/img/learning_curves.png
+    .venv/bin/python benchmarks/learning_curve.py --run x4/LKSMN experiments/LKSMN_x4_openphotos/train_*.log \\
+        --run x4/SAFMN .../train_SAFMN_x4_openphotos_*.log --run x2 .../train_LKSMN_x2_openphotos_*.log \\
+        --json benchmarks/results/learning_curves.json --picture docs/img/learning_curves.png
 """
 import argparse
 import json
@@ -59,26 +60,41 @@ def validation_points(logs: Sequence[Path]) -> List[Dict[str, float]]:
     return points
 
 
+def panels(names: Sequence[str]) -> Dict[str, List[str]]:
+    """The picture's rows: a run named 'ROW/LABEL' (``x4/SAFMN``) shares row ROW with the other runs of that
+    prefix, so that compared runs sit on one axis; a name without '/' is a row of its own."""
+    rows: Dict[str, List[str]] = {}
+    for name in names:
+        rows.setdefault(name.split('/', 1)[0], []).append(name)
+    return rows
+
+
 def draw(curves: Dict[str, List[Dict[str, float]]], picture: Path) -> bool:
-    """One row per run: validation PSNR against iteration (left) and training hours (right); False without
-    matplotlib."""
+    """One row per panel (see ``panels``): validation PSNR against iteration (left) and training hours
+    (right); False without matplotlib."""
     try:
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    figure, rows = plt.subplots(len(curves), 2, figsize=(10, 3.2 * len(curves)), squeeze=False)
-    for (name, points), (by_iteration, by_time) in zip(curves.items(), rows):
-        psnr = [p['psnr'] for p in points]
-        by_iteration.plot([p['iteration'] for p in points], psnr, marker='o')
-        by_time.plot([p['hours'] for p in points], psnr, marker='o')
+    grouped = panels(list(curves))
+    figure, rows = plt.subplots(len(grouped), 2, figsize=(10, 3.2 * len(grouped)), squeeze=False)
+    for (row, names), (by_iteration, by_time) in zip(grouped.items(), rows):
+        for name in names:
+            points = curves[name]
+            label = name.split('/', 1)[1] if '/' in name else None
+            psnr = [p['psnr'] for p in points]
+            by_iteration.plot([p['iteration'] for p in points], psnr, marker='o', label=label)
+            by_time.plot([p['hours'] for p in points], psnr, marker='o', label=label)
         by_iteration.set_xlabel('iteration')
         by_time.set_xlabel('training time (hours)')
         for axes in (by_iteration, by_time):
-            axes.set_ylabel(f'{name}: val PSNR, Y (dB)')
+            axes.set_ylabel(f'{row}: val PSNR, Y (dB)')
             axes.grid(alpha=0.3)
-    figure.suptitle('LKSMN on the open-photos validation split (11 photos)')
+            if len(names) > 1:
+                axes.legend(fontsize='small')
+    figure.suptitle('Validation PSNR on the open-photos validation split (11 photos)')
     figure.tight_layout()
     picture.parent.mkdir(parents=True, exist_ok=True)
     replace_atomically(picture, lambda temp: figure.savefig(temp, format='png', dpi=110), durable=False)
@@ -88,7 +104,8 @@ def draw(curves: Dict[str, List[Dict[str, float]]], picture: Path) -> bool:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='benchmarks/learning_curve.py', description=__doc__.split('\n\n')[0])
     parser.add_argument('--run', nargs='+', action='append', required=True, metavar=('NAME', 'LOG'),
-                        help='a run: its name, then its training logs in order (repeat for each run)')
+                        help="a run: its name, then its training logs in order (repeat for each run); runs "
+                             "named ROW/LABEL share the picture's row ROW")
     parser.add_argument('--json', type=Path, required=True, help='where the points go (JSON)')
     parser.add_argument('--picture', type=Path, default=None, help='where the picture goes (PNG)')
     args = parser.parse_args(argv)

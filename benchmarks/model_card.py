@@ -230,7 +230,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help='the precision agreement on the first N test photos only (default: all)')
     parser.add_argument('--train-log', nargs='+', default=None, metavar='LOG',
                         help="BasicSR train logs of the shipped model's run (and SAFMN's): wall time to --iterations")
-    parser.add_argument('--iterations', type=int, default=None, help='the iteration the checkpoints are of')
+    parser.add_argument('--iterations', type=int, nargs='+', default=None, metavar='N',
+                        help="the iteration each --train-log's checkpoint is of (one for all, or one per log)")
     parser.add_argument('--json', type=Path, required=True, help='where the results go (JSON)')
     parser.add_argument('--markdown', type=Path, required=True, help='where the tables go (markdown)')
     args = parser.parse_args(argv)
@@ -257,8 +258,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report = {'scale': args.scale, 'shipped': str(shipped), 'data': data_summary(),
               'scores': evaluate(models, args.data, args.scale, reference)}
     if args.train_log:
-        report['training'] = {name: training_summary(Path(log), args.iterations) for name, log in
-                              zip(('shipped', 'safmn'), args.train_log)}
+        iterations = args.iterations or [None]
+        if len(iterations) not in (1, len(args.train_log)):
+            parser.error(f'--iterations takes one value or one per --train-log ({len(args.train_log)}), '
+                         f'got {len(iterations)}')
+        iterations = iterations * len(args.train_log) if len(iterations) == 1 else iterations
+        report['training'] = {name: training_summary(Path(log), its) for name, log, its in
+                              zip(('shipped', 'safmn'), args.train_log, iterations)}
     if not args.no_precision:
         report['precision'] = precision_agreement(shipped, args.data, args.scale, reference, args.precision_images)
         report['precision_images'] = args.precision_images or report['scores'][TEST_SETS[0][0]]['images']

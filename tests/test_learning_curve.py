@@ -40,3 +40,17 @@ def test_a_run_without_validations_is_refused_naming_it(tmp_path, capsys):
     assert stop.value.code == 2
     assert '--run x4: the logs hold no validation' in capsys.readouterr().err
     assert not (tmp_path / 'c.json').exists()
+
+
+def test_runs_named_row_slash_label_share_a_row_of_the_picture_and_plain_names_keep_their_own():
+    rows = learning_curve.panels(['x4/LKSMN', 'x4/SAFMN', 'x3', 'x2/fine-tuned', 'x2/from scratch'])
+    assert rows == {'x4': ['x4/LKSMN', 'x4/SAFMN'], 'x3': ['x3'], 'x2': ['x2/fine-tuned', 'x2/from scratch']}
+
+
+def test_a_shared_row_is_drawn_with_one_line_per_run(tmp_path):
+    log = tmp_path / 'train.log'
+    log.write_text(FIRST)
+    picture = tmp_path / 'curves.png'
+    assert learning_curve.main(['--run', 'x4/LKSMN', str(log), '--run', 'x4/SAFMN', str(log),
+                                '--json', str(tmp_path / 'c.json'), '--picture', str(picture)]) == 0
+    assert picture.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
