@@ -367,9 +367,12 @@ class LKSMNModel(SRModel):
 
     def __init__(self, opt: Dict[str, Any]) -> None:
         self._channels_last, self._autocast_dtype, path_lines = False, None, []
+        self._grad_scaler: Optional[torch.amp.GradScaler] = None
         if opt.get('is_train') and isinstance(opt.get('train'), dict):
             device_type = 'cuda' if opt.get('num_gpu', 0) != 0 and torch.cuda.is_available() else 'cpu'
             self._channels_last, self._autocast_dtype, path_lines = training_path(opt['train'], device_type)
+            if self._autocast_dtype == torch.float16:  # fp16 gradients underflow without loss scaling
+                self._grad_scaler = torch.amp.GradScaler(device_type)
         self._nonfinite_steps = 0
         self._epoch: int = 0  # the last epoch BasicSR told the model (resume state or save); 0 if none yet
         self._last_checkpoint: Optional[int] = None
@@ -510,14 +513,30 @@ class LKSMNModel(SRModel):
                 l_total += l_style
                 loss_dict['l_style'] = l_style
 
-        l_total.backward()  # always: in DDP every rank must join the gradient all-reduce
+        scaler = self._grad_scaler
+        # always backward: in DDP every rank must join the gradient all-reduce
+        (scaler.scale(l_total) if scaler else l_total).backward()
+        if scaler:
+            scaler.unscale_(self.optimizer_g)
         grads = [p.grad for p in self.net_g.parameters() if p.grad is not None]
-        finite = torch.isfinite(l_total.detach()).all() & _all_finite(grads).to(l_total.device)
-        skip, signum = self._agree(not bool(finite), _stop_signal)
+        grads_finite = bool(_all_finite(grads))
+        finite = bool(torch.isfinite(l_total.detach()).all()) and (grads_finite or scaler is not None)
+        skip, signum = self._agree(not finite, _stop_signal)
 
         if skip:
             self.optimizer_g.zero_grad(set_to_none=True)
             self._restore_forward_state(forward_state)
+            if scaler:
+                scaler.update()
+        elif scaler:
+            # fp16: gradients that overflowed at this loss scale are the scaler's business, not a fault: it
+            # skips the step and halves the scale; the whole step is undone then, as a skipped step is
+            scaler.step(self.optimizer_g)
+            scaler.update()
+            if not grads_finite:
+                self._restore_forward_state(forward_state)
+            elif self.ema_decay > 0:
+                self.model_ema(decay=self.ema_decay)
         else:
             self.optimizer_g.step()
             if self.ema_decay > 0:
