@@ -113,9 +113,16 @@ def test_model_card_tables_are_the_file_the_evaluation_wrote(scale):
 
 
 def test_model_card_learning_curves_are_the_file_the_benchmark_wrote():
+    """Each scale's row of the picture holds the run of its shipped model (the card's training log), and that
+    run reached the shipped checkpoint's iteration; the card's peers (SAFMN at x4) are in the same row."""
     curves = json.loads((REPO / 'benchmarks' / 'results' / 'learning_curves.json').read_text())['runs']
-    assert set(curves) == {'x2', 'x3', 'x4'}
-    for name, run in curves.items():
-        model = pretrained.default_model(int(name[1:]))
-        assert any(point['iteration'] == model.iterations for point in run['points']), name
+    assert {name.split('/')[0] for name in curves} == {'x2', 'x3', 'x4'}
+    for scale in (2, 3, 4):
+        card = json.loads((REPO / 'benchmarks' / 'results' / f'model_card_x{scale}.json').read_text())
+        row = {name: run for name, run in curves.items() if name.split('/')[0] == f'x{scale}'}
+        for role, trained in card['training'].items():
+            runs = [run for run in row.values() if trained['log'] in run['logs']]
+            assert runs, f'x{scale}: no curve from {trained["log"]} ({role})'
+            assert any(point['iteration'] == trained['iterations'] for point in runs[0]['points']), (scale, role)
+        assert card['training']['shipped']['iterations'] == pretrained.default_model(scale).iterations
     assert (REPO / 'docs' / 'img' / 'learning_curves.png').is_file()
