@@ -14,7 +14,9 @@ its workers (the step with data loading), as ``lksmn-train`` would.
     .venv/bin/python benchmarks/train_speed.py --json benchmarks/results/train_speed_cpu.json \\
         --markdown benchmarks/results/train_speed_cpu.md [--data datasets/openphotos] [--patches 16 32]
 
-The markdown table goes verbatim into docs/training.md.
+Rows marked "(default)" are the path ``lksmn-train`` takes by default for that network and batch shape; on a
+CPU with native bf16 a run times bf16 against fp32 itself, and the mark applies its rule to this file's own
+random-tensor timings. The markdown table goes verbatim into docs/training.md.
 """
 import argparse
 import contextlib
@@ -34,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lksmn_arch  # noqa: E402,F401  (compatibility fixes before basicsr; registers LKSMN)
 
 from report import save_report  # noqa: E402
-from lksmn_arch.models.lksmn_model import LKSMNModel, training_path  # noqa: E402
+from lksmn_arch.models.lksmn_model import LKSMNModel  # noqa: E402
+from lksmn_arch.models.training_path import BF16_MIN_SPEEDUP, precision_is_timed, training_path  # noqa: E402
 from lksmn_arch.utils.cpus import cpu_has_native_bf16, cpu_label  # noqa: E402
 
 NETWORKS = {'LKSMN': {'type': 'LKSMN'}, 'SAFMN': {'type': 'SpandrelSAFMN'}}
@@ -53,9 +56,31 @@ def paths_for(device: str, compile_too: bool) -> Dict[str, Dict[str, Any]]:
 
 def auto_path_name(device: str) -> str:
     """The name (as in ``paths_for``) of the path ``train.precision: auto`` and ``train.channels_last: auto``
-    take on ``device``: what ``lksmn-train`` runs by default."""
+    take on ``device``: what ``lksmn-train`` runs by default. On a CPU with native bf16 the precision is timed by
+    each run (``lksmn_arch.models.training_path``): the rows marked ``default`` say which path that is here."""
     channels_last, dtype, _ = training_path({}, device)
-    return f'{"bf16" if dtype == torch.bfloat16 else "fp32"} {"channels_last" if channels_last else "NCHW"}'
+    layout = 'channels_last' if channels_last else 'NCHW'
+    if precision_is_timed({}, device):
+        return f'bf16 or fp32 {layout}, timed per run'
+    return f'{"bf16" if dtype == torch.bfloat16 else "fp32"} {layout}'
+
+
+def mark_default_paths(rows: List[Dict[str, Any]], device: str) -> None:
+    """Set ``default`` on each row: whether it is the path lksmn-train takes by default for its network and batch
+    shape. Where the precision is timed per run, the rule of ``training_path`` is applied to this benchmark's own
+    random-tensor timings of bf16 and fp32 channels_last (what the run's timer measures: no data loading)."""
+    timed = precision_is_timed({}, device)
+    static = None if timed else auto_path_name(device)
+    shape = ('network', 'threads', 'batch', 'lr_patch')
+    timings = {(tuple(r[k] for k in shape), r['path']): r['ms_per_iter'] for r in rows if r['loader'] == 'random tensors'}
+    for r in rows:
+        if not timed:
+            r['default'] = r['path'] == static
+            continue
+        group = tuple(r[k] for k in shape)
+        fp32, bf16 = timings.get((group, 'fp32 channels_last')), timings.get((group, 'bf16 channels_last'))
+        chosen = 'bf16 channels_last' if fp32 and bf16 and fp32 >= BF16_MIN_SPEEDUP * bf16 else 'fp32 channels_last'
+        r['default'] = r['path'] == chosen
 
 
 def model_options(network: Dict[str, Any], path: Dict[str, Any], scale: int, folder: Path,
@@ -180,6 +205,7 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
                                      'rounds_ms': [round(v * 1000, 2) for v in values]})
                         print(f'  {network:6s} {path_name:28s} {median * 1000:8.1f} ms/iter', flush=True)
                     del configs
+    mark_default_paths(rows, device)
     return {'device': device, 'cpu': cpu_label(), 'native_bf16': cpu_has_native_bf16(),
             'default_path': auto_path_name(device),
             'torch': torch.__version__, 'python': platform.python_version(), 'scale': args.scale,
@@ -200,7 +226,8 @@ def format_table(results: Dict[str, Any]) -> str:
     for r in results['rows']:
         reference = base.get(tuple(r[k] for k in key))
         ratio = f'{reference / r["ms_per_iter"]:.2f}x' if reference else ''
-        lines.append(f'| {r["network"]} | {r["path"]} | {r["threads"]} | {r["batch"]} | {r["lr_patch"]} | {r["loader"]} | '
+        path = f'{r["path"]} (default)' if r.get('default') else r['path']
+        lines.append(f'| {r["network"]} | {path} | {r["threads"]} | {r["batch"]} | {r["lr_patch"]} | {r["loader"]} | '
                      f'{r["ms_per_iter"]:.1f} | {r["iters_per_s"]:.1f} | {ratio} |')
     return '\n'.join(lines) + '\n'
 

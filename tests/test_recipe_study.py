@@ -31,6 +31,8 @@ def test_budget_is_the_quiet_time_of_one_iteration_on_the_default_path_with_data
         {**row, 'path': 'fp32 NCHW', 'loader': 'LMDB dataloader', 'ms_per_iter': 110.0},
         {**row, 'path': 'bf16 channels_last compiled', 'loader': 'LMDB dataloader', 'ms_per_iter': 60.0}]}
     assert recipe_study.seconds_per_iteration(speed, 16, 8) == pytest.approx(0.12)
+    marked = {**speed, 'rows': [{**r, 'default': r['path'] == 'fp32 NCHW'} for r in speed['rows']]}
+    assert recipe_study.seconds_per_iteration(marked, 16, 8) == pytest.approx(0.11)  # rows marked per run's choice
     del speed['default_path']  # an older file: the fastest eager path
     assert recipe_study.seconds_per_iteration(speed, 16, 8) == pytest.approx(0.11)
     with pytest.raises(SystemExit, match='LR patch 32, batch 8'):

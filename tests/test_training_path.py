@@ -6,21 +6,81 @@ import pytest
 import torch
 
 from lksmn_arch.errors import TrainingError
-from lksmn_arch.models import lksmn_model
-from lksmn_arch.models.lksmn_model import training_path
+from lksmn_arch.models import training_path as paths
+from lksmn_arch.models.training_path import training_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
 
 
 def test_auto_path_on_a_cpu_is_channels_last_with_bf16_only_where_the_cpu_has_it(monkeypatch):
-    monkeypatch.setattr(lksmn_model, 'cpu_has_native_bf16', lambda: False)
+    monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: False)
     assert training_path({}, 'cpu')[:2] == (True, None)
-    monkeypatch.setattr(lksmn_model, 'cpu_has_native_bf16', lambda: True)
+    monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: True)
     assert training_path({}, 'cpu')[:2] == (True, torch.bfloat16)
 
 
+def _fake_timer(ms: dict, calls: list):
+    def time_step(dtype):
+        name = 'bf16' if dtype == torch.bfloat16 else 'fp32'
+        calls.append(name)
+        return ms[name] / 1000
+    return time_step
+
+
+@pytest.mark.parametrize('fp32_ms, bf16_ms, chosen', [(60.0, 50.0, torch.bfloat16),  # bf16 clearly faster
+                                                     (43.2, 46.4, None),  # slower (an AMX Xeon, measured)
+                                                     (50.0, 49.0, None)])  # within the margin: fp32's accuracy
+def test_auto_precision_on_a_native_bf16_cpu_is_the_one_its_own_timed_steps_say_is_faster(monkeypatch, fp32_ms,
+                                                                                          bf16_ms, chosen):
+    monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: True)
+    calls = []
+    channels_last, dtype, lines = training_path({}, 'cpu', _fake_timer({'fp32': fp32_ms, 'bf16': bf16_ms}, calls))
+    assert (channels_last, dtype) == (True, chosen)
+    assert calls == ['fp32', 'bf16'] * (1 + paths.TIMING_ROUNDS)  # a warm-up round, then interleaved rounds
+    assert f'{bf16_ms:.1f} ms in bf16' in lines[0] and f'{fp32_ms:.1f} ms in fp32' in lines[0]
+    assert lines[-1].startswith(f'Training path: {"bf16 autocast" if chosen else "fp32"}, channels_last on cpu')
+
+
+@pytest.mark.parametrize('train, native', [({'precision': 'fp32'}, True), ({'precision': 'bf16'}, True), ({}, False)])
+def test_precision_is_timed_only_when_left_at_auto_on_a_native_bf16_cpu(monkeypatch, train, native):
+    monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: native)
+    calls = []
+    training_path(train, 'cpu', _fake_timer({'fp32': 1.0, 'bf16': 1.0}, calls))
+    assert calls == [] and not paths.precision_is_timed(train, 'cpu')
+
+
+def test_a_training_model_times_its_own_network_at_its_batch_shape(monkeypatch, tmp_path):
+    from train_speed import build
+    from lksmn_arch.models import lksmn_model
+    monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: True)
+    shapes = []
+    real_timer = paths.network_step_timer
+
+    def recording_timer(net, batch_size, lr_patch, scale, channels_last, device):
+        shapes.append((type(net).__name__, batch_size, lr_patch, scale, channels_last))
+        timer = real_timer(net, batch_size, lr_patch, scale, channels_last, device, steps=1)
+        return lambda dtype: timer(dtype) * (0.5 if dtype == torch.bfloat16 else 1.0)  # bf16 made to win
+
+    monkeypatch.setattr(lksmn_model, 'network_step_timer', recording_timer)
+    model = build('LKSMN', {'precision': 'auto', 'channels_last': True}, 2, tmp_path, 'cpu')
+    assert shapes == [('LKSMN', 8, 16, 2, True)]  # no datasets.train in these options: batch 8 of 16x16
+    assert model._autocast_dtype == torch.bfloat16
+
+
+def test_the_step_timer_leaves_the_network_and_the_random_stream_as_they_were():
+    from lksmn_arch.archs.lksmn_arch import LKSMN
+    net = LKSMN(upscale=2)
+    weights = {k: v.clone() for k, v in net.state_dict().items()}
+    before = torch.random.get_rng_state()
+    timer = paths.network_step_timer(net, 2, 8, 2, True, torch.device('cpu'), steps=1)
+    assert timer(None) > 0 and timer(torch.bfloat16) > 0
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert all(torch.equal(v, weights[k]) for k, v in net.state_dict().items())
+    assert all(p.grad is None for p in net.parameters())
+
+
 def test_bf16_asked_on_a_cpu_without_native_bf16_falls_back_to_fp32_with_one_line(monkeypatch):
-    monkeypatch.setattr(lksmn_model, 'cpu_has_native_bf16', lambda: False)
+    monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: False)
     channels_last, dtype, lines = training_path({'precision': 'bf16', 'channels_last': False}, 'cpu')
     assert (channels_last, dtype) == (False, None)
     assert any('no native bf16' in line and 'fp32' in line for line in lines)
@@ -78,3 +138,20 @@ def test_fp16_training_with_a_sane_loss_scale_steps_the_fp32_weights(tmp_path):
     changed = [k for k, v in model.net_g.named_parameters() if not torch.equal(v, before[k])]
     assert changed and all(v.dtype == torch.float32 for v in model.net_g.parameters())
 
+
+
+def test_the_speed_table_marks_as_default_the_path_a_run_would_time_as_faster(monkeypatch):
+    import train_speed
+    monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: True)
+    shape = {'network': 'LKSMN', 'threads': 2, 'batch': 8}
+    rows = [{**shape, 'lr_patch': patch, 'loader': loader, 'path': path, 'ms_per_iter': ms}
+            for patch, fp32, bf16 in ((16, 43.2, 46.4), (32, 178.0, 159.0))
+            for loader in ('random tensors', 'LMDB dataloader')
+            for path, ms in (('fp32 NCHW', 300.0), ('fp32 channels_last', fp32), ('bf16 channels_last', bf16))]
+    train_speed.mark_default_paths(rows, 'cpu')
+    defaults = {(r['lr_patch'], r['loader']): r['path'] for r in rows if r['default']}
+    assert defaults == {(16, 'random tensors'): 'fp32 channels_last', (16, 'LMDB dataloader'): 'fp32 channels_last',
+                        (32, 'random tensors'): 'bf16 channels_last', (32, 'LMDB dataloader'): 'bf16 channels_last'}
+    monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: False)
+    train_speed.mark_default_paths(rows, 'cpu')
+    assert {r['path'] for r in rows if r['default']} == {'fp32 channels_last'}

@@ -57,47 +57,14 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from lksmn_arch.training import resume
 from lksmn_arch.utils.atomic import atomic_save, check_writable, remove_stale_temporaries
 from lksmn_arch.utils.checkpoint import CheckpointError, check_weights
-from lksmn_arch.utils.cpus import cpu_has_native_bf16
+from lksmn_arch.models.training_path import network_step_timer, precision_is_timed, training_path
 from lksmn_arch.training.resume import TrainingError, load_trusted
 
 DEFAULT_MAX_NONFINITE_STEPS = 20
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 WORKER_GRACE_S = 2.0  # a terminated DataLoader worker that is still alive after this is killed
 THREAD_GRACE_S = 3.0  # after a failure, how long the command waits for non-daemon threads the run left
 EXIT_WATCHDOG_S = 60.0  # after a failure, the longest the command's interpreter shutdown may take
-
-
-def training_path(train_opt: Dict[str, Any], device_type: str) -> Tuple[bool, Optional[torch.dtype], List[str]]:
-    """(channels_last, autocast dtype or None, lines to log) from ``train.channels_last`` (auto, true, false) and
-    ``train.precision`` (auto, fp32, bf16, fp16). auto: on a CPU, channels_last, and bf16 where the CPU has it
-    natively (the fastest eager path measured there by benchmarks/train_speed.py: 1.26x fp32 NCHW at LR patch 16,
-    1.91x at 32; on an AVX2 CPU channels_last measured level with NCHW), fp32 otherwise; on CUDA, fp32
-    NCHW (BasicSR's path) until a GPU measurement says otherwise. A precision the device cannot run fast falls
-    back to fp32 with a line that says so. Weights, optimizer, EMA, checkpoints and validation stay fp32."""
-    lines: List[str] = []
-    layout = train_opt.get('channels_last', 'auto')
-    if layout not in ('auto', True, False):
-        raise TrainingError(f'train.channels_last must be auto, true or false, got {layout!r}')
-    precision = train_opt.get('precision', 'auto')
-    if precision not in PRECISIONS:
-        raise TrainingError(f'train.precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
-    channels_last = (device_type == 'cpu') if layout == 'auto' else bool(layout)
-    native_bf16 = cpu_has_native_bf16() if device_type == 'cpu' else torch.cuda.is_bf16_supported()
-    if precision == 'auto':
-        precision = 'bf16' if device_type == 'cpu' and native_bf16 else 'fp32'
-    elif precision == 'bf16' and not native_bf16:
-        lines.append(f'train.precision: bf16 asked, but this {device_type.upper()} has no native bf16 (it would '
-                     'be emulated, slower than fp32): training in fp32.')
-        precision = 'fp32'
-    elif precision == 'fp16' and device_type == 'cpu':
-        lines.append('train.precision: fp16 is for CUDA; training in fp32 on this CPU.')
-        precision = 'fp32'
-    dtype = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
-    lines.append(f'Training path: {precision}{" autocast" if dtype else ""}, '
-                 f'{"channels_last" if channels_last else "NCHW"} on {device_type} (train.precision, '
-                 'train.channels_last).')
-    return channels_last, dtype, lines
 
 
 def check_nonfinite_limit(train_opt: Dict[str, Any]) -> int:
@@ -380,6 +347,8 @@ class LKSMNModel(SRModel):
         super().__init__(opt)
         if not self.is_train:
             return
+        if isinstance(opt.get('train'), dict) and precision_is_timed(opt['train'], self.device.type):
+            self._autocast_dtype, path_lines = self._time_precision()
         logger = get_root_logger()
         for line in path_lines:
             logger.info(line)
@@ -397,6 +366,17 @@ class LKSMNModel(SRModel):
         _track_sampler_epochs()
         if not install_signal_handlers():
             logger.warning('Not in the main thread: SIGTERM/SIGINT will not save a training state before exiting.')
+
+    def _time_precision(self) -> Tuple[Optional[torch.dtype], List[str]]:
+        """``train.precision: auto`` on a CPU with native bf16: bf16 autocast or fp32, whichever a few timed
+        steps of this network at the training batch shape say (``training_path``)."""
+        train_set = (self.opt.get('datasets') or {}).get('train') or {}
+        batch_size = int(train_set.get('batch_size_per_gpu') or 8)
+        lr_patch = max(1, int(train_set.get('gt_size') or 16 * self.opt['scale']) // self.opt['scale'])
+        timer = network_step_timer(self.get_bare_model(self.net_g), batch_size, lr_patch, self.opt['scale'],
+                                   self._channels_last, self.device)
+        _, dtype, lines = training_path(self.opt['train'], self.device.type, timer)
+        return dtype, lines
 
     def model_to_device(self, net: torch.nn.Module) -> torch.nn.Module:
         """BaseModel's, with the weights put in channels_last first when training on that path."""
