@@ -279,7 +279,8 @@ def test_a_key_of_another_model_type_next_to_the_one_it_resembles_is_left_alone(
     check_option_keys(opt, 'train.yml')
 
 
-@pytest.mark.parametrize('option_file', sorted((REPO / 'options').rglob('*.yml')), ids=lambda p: p.name)
+@pytest.mark.parametrize('option_file', sorted((REPO / 'options').rglob('*.yml'))
+                         + sorted((REPO / 'benchmarks' / 'options').glob('train_LKSMN_*.yml')), ids=lambda p: p.name)
 def test_each_shipped_option_file_passes_the_key_and_value_checks(option_file):
     from lksmn_arch.training.options import check_option_keys, check_option_values
     from lksmn_arch.training.pipeline import load_options
