@@ -149,20 +149,25 @@ def step(model: LKSMNModel, batch: Dict[str, Any], iteration: int) -> None:
 
 
 def time_configs(configs: Dict[str, Dict[str, Any]], rounds: int, iters: int, warmup: int) -> Dict[str, List[float]]:
-    """Seconds per iteration of each configuration, one value per round, the rounds interleaved."""
+    """Seconds per iteration of each configuration, one value per round, the rounds interleaved. Each
+    configuration's ``skipped`` counts the timed steps that LKSMNModel skipped as non-finite (read after the
+    round's clock stops: a skipped step has no optimizer step, so a row with skips is not a clean timing)."""
     for config in configs.values():
         for i in range(warmup):
             step(config['model'], next(config['batches']), i + 1)
+        config['skipped'] = 0
     times: Dict[str, List[float]] = {name: [] for name in configs}
     for _ in range(rounds):
         for name, config in configs.items():
             model, batches = config['model'], config['batches']
+            skipped_before = model.skipped_steps
             started = time.perf_counter()
             for i in range(iters):
                 step(model, next(batches), i + 1)
             if model.device.type == 'cuda':
                 torch.cuda.synchronize()
             times[name].append((time.perf_counter() - started) / iters)
+            config['skipped'] += model.skipped_steps - skipped_before
     return times
 
 
@@ -202,7 +207,8 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
                         rows.append({'network': network, 'path': path_name, 'threads': threads, 'lr_patch': patch,
                                      'batch': batch_size, 'loader': loader, 'ms_per_iter': round(median * 1000, 2),
                                      'iters_per_s': round(1 / median, 2),
-                                     'rounds_ms': [round(v * 1000, 2) for v in values]})
+                                     'rounds_ms': [round(v * 1000, 2) for v in values],
+                                     'skipped_steps': configs[name]['skipped']})
                         print(f'  {network:6s} {path_name:28s} {median * 1000:8.1f} ms/iter', flush=True)
                     del configs
     mark_default_paths(rows, device)
@@ -229,6 +235,12 @@ def format_table(results: Dict[str, Any]) -> str:
         path = f'{r["path"]} (default)' if r.get('default') else r['path']
         lines.append(f'| {r["network"]} | {path} | {r["threads"]} | {r["batch"]} | {r["lr_patch"]} | {r["loader"]} | '
                      f'{r["ms_per_iter"]:.1f} | {r["iters_per_s"]:.1f} | {ratio} |')
+    skipped = [r for r in results['rows'] if r.get('skipped_steps')]
+    if skipped:
+        timed = results['rounds'] * results['iters']
+        lines += ['', 'Timed steps that LKSMNModel skipped as non-finite (no optimizer step): ' + '; '.join(
+            f'{r["network"]} {r["path"]}, patch {r["lr_patch"]}, {r["loader"]}: {r["skipped_steps"]} of {timed}'
+            for r in skipped) + '.']
     return '\n'.join(lines) + '\n'
 
 

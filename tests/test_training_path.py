@@ -155,3 +155,18 @@ def test_the_speed_table_marks_as_default_the_path_a_run_would_time_as_faster(mo
     monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: False)
     train_speed.mark_default_paths(rows, 'cpu')
     assert {r['path'] for r in rows if r['default']} == {'fp32 channels_last'}
+
+
+def test_the_speed_benchmark_counts_and_reports_timed_steps_skipped_as_non_finite(tmp_path):
+    import train_speed
+    model = train_speed.build('LKSMN', {'precision': 'fp32', 'channels_last': False}, 2, tmp_path, 'cpu')
+    batch = train_speed.random_batches(1, 2, 8, 2)[0]
+    batch['lq'][0, 0, 0, 0] = float('nan')
+    configs = {'LKSMN|fp32 NCHW': {'model': model, 'batches': train_speed.cycle([batch], 'cpu')}}
+    train_speed.time_configs(configs, rounds=1, iters=2, warmup=1)
+    assert configs['LKSMN|fp32 NCHW']['skipped'] == 2 and model.skipped_steps == 3  # the warm-up step not counted
+    row = {'network': 'LKSMN', 'path': 'fp32 NCHW', 'threads': 1, 'batch': 2, 'lr_patch': 8, 'loader': 'random tensors',
+           'ms_per_iter': 10.0, 'iters_per_s': 100.0, 'skipped_steps': 2}
+    table = train_speed.format_table({'device': 'cpu', 'cpu': 'a CPU', 'native_bf16': False, 'torch': '2', 'scale': 2,
+                                      'rounds': 1, 'iters': 2, 'command': 'x', 'rows': [row]})
+    assert 'skipped as non-finite' in table and 'patch 8, random tensors: 2 of 2' in table

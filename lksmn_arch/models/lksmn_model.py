@@ -341,6 +341,7 @@ class LKSMNModel(SRModel):
             if self._autocast_dtype == torch.float16:  # fp16 gradients underflow without loss scaling
                 self._grad_scaler = torch.amp.GradScaler(device_type)
         self._nonfinite_steps = 0
+        self.skipped_steps = 0  # every step skipped as non-finite so far (the scaler's own skips not counted)
         self._epoch: int = 0  # the last epoch BasicSR told the model (resume state or save); 0 if none yet
         self._last_checkpoint: Optional[int] = None
         self._not_loaded: Dict[int, List[str]] = {}  # id(network) -> its weights a non-strict load left out
@@ -554,6 +555,7 @@ class LKSMNModel(SRModel):
 
     def _skipped(self, current_iter: int) -> None:
         self._nonfinite_steps += 1
+        self.skipped_steps += 1
         losses = ', '.join(f'{k}={v:.4g}' for k, v in self.log_dict.items())
         get_root_logger().warning(
             f'Iteration {current_iter}: non-finite loss or gradients ({losses}); step skipped, weights, '
