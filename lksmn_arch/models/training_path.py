@@ -3,7 +3,7 @@
 
 Left at ``auto`` on a CPU with native bf16, the precision is chosen by timing: CPUs that compute bf16 natively
 differ in whether it pays for this network. ``benchmarks/train_speed.py`` measured LKSMN's bf16 autocast step
-1.07x faster than fp32 channels_last at LR patch 16 on an AMD EPYC with AVX512-BF16, and 0.93x (slower) on an
+1.07x as fast as fp32 channels_last at LR patch 16 on an AMD EPYC with AVX512-BF16, and 0.96x (slower) on an
 Intel Xeon with AMX, while SAFMN gained on both. So the run times a few steps of its own network at its own
 batch shape in both precisions, interleaved, and takes bf16 only where it is clearly faster.
 """
