@@ -37,7 +37,7 @@ import lksmn_arch  # noqa: E402,F401  (compatibility fixes before basicsr; regis
 
 from report import save_report  # noqa: E402
 from lksmn_arch.models.lksmn_model import LKSMNModel  # noqa: E402
-from lksmn_arch.models.training_path import BF16_MIN_SPEEDUP, precision_is_timed, training_path  # noqa: E402
+from lksmn_arch.models.training_path import bf16_pays, precision_is_timed, training_path  # noqa: E402
 from lksmn_arch.utils.cpus import cpu_has_native_bf16, cpu_label  # noqa: E402
 
 NETWORKS = {'LKSMN': {'type': 'LKSMN'}, 'SAFMN': {'type': 'SpandrelSAFMN'}}
@@ -79,7 +79,7 @@ def mark_default_paths(rows: List[Dict[str, Any]], device: str) -> None:
             continue
         group = tuple(r[k] for k in shape)
         fp32, bf16 = timings.get((group, 'fp32 channels_last')), timings.get((group, 'bf16 channels_last'))
-        chosen = 'bf16 channels_last' if fp32 and bf16 and fp32 >= BF16_MIN_SPEEDUP * bf16 else 'fp32 channels_last'
+        chosen = 'bf16 channels_last' if fp32 and bf16 and bf16_pays(fp32, bf16) else 'fp32 channels_last'
         r['default'] = r['path'] == chosen
 
 

@@ -139,7 +139,6 @@ def test_fp16_training_with_a_sane_loss_scale_steps_the_fp32_weights(tmp_path):
     assert changed and all(v.dtype == torch.float32 for v in model.net_g.parameters())
 
 
-
 def test_the_speed_table_marks_as_default_the_path_a_run_would_time_as_faster(monkeypatch):
     import train_speed
     monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: True)

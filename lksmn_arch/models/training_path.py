@@ -31,6 +31,11 @@ def precision_is_timed(train_opt: Dict[str, Any], device_type: str) -> bool:
     return train_opt.get('precision', 'auto') == 'auto' and device_type == 'cpu' and cpu_has_native_bf16()
 
 
+def bf16_pays(fp32_s: float, bf16_s: float) -> bool:
+    """Whether a bf16 autocast step of ``bf16_s`` seconds is worth taking over an fp32 one of ``fp32_s``."""
+    return fp32_s >= BF16_MIN_SPEEDUP * bf16_s
+
+
 def training_path(train_opt: Dict[str, Any], device_type: str,
                   time_step: Optional[StepTimer] = None) -> Tuple[bool, Optional[torch.dtype], List[str]]:
     """(channels_last, autocast dtype or None, lines to log) from ``train.channels_last`` (auto, true, false) and
@@ -54,7 +59,7 @@ def training_path(train_opt: Dict[str, Any], device_type: str,
             precision = 'bf16'
             if time_step is not None:
                 fp32_s, bf16_s = time_precisions(time_step)
-                precision = 'bf16' if fp32_s >= BF16_MIN_SPEEDUP * bf16_s else 'fp32'
+                precision = 'bf16' if bf16_pays(fp32_s, bf16_s) else 'fp32'
                 lines.append(f'train.precision auto: a training step of this network and batch took '
                              f'{bf16_s * 1000:.1f} ms in bf16 autocast and {fp32_s * 1000:.1f} ms in fp32 on this '
                              f'CPU; {precision} taken (bf16 needs {BF16_MIN_SPEEDUP:.2f}x; set train.precision '
