@@ -3,8 +3,9 @@
 Each configuration is a real ``LKSMNModel`` (the step ``lksmn-train`` runs: forward, L1 loss, backward, finite
 check, Adam step) built from inline options, for LKSMN (default network) and SAFMN (spandrel's class, as
 ``train_peer.py`` trains it). Paths: fp32 NCHW (BasicSR's own), fp32 channels_last, bf16 autocast
-channels_last (only where the CPU has native bf16, or on CUDA), and ``torch.compile`` of the channels_last
-fp32 path (``--compile``). The configurations are timed in interleaved rounds in one process (each round
+channels_last (only where the CPU has native bf16, or on CUDA), for LKSMN also bf16 with LKCD's depthwise convs
+kept in fp32 (``train.lkcd_depthwise_fp32``), and ``torch.compile`` of the channels_last fp32 path
+(``--compile``). The configurations are timed in interleaved rounds in one process (each round
 runs every configuration for ``--iters`` steps after its warm-up), and the median of the rounds is reported.
 
 Without ``--data`` the batches are random tensors made in advance (the step alone). With ``--data DIR``
@@ -15,7 +16,7 @@ its workers (the step with data loading), as ``lksmn-train`` would.
         --markdown benchmarks/results/train_speed_cpu.md [--data datasets/openphotos] [--patches 16 32]
 
 Rows marked "(default)" are the path ``lksmn-train`` takes by default for that network and batch shape; on a
-CPU with native bf16 a run times bf16 against fp32 itself, and the mark applies its rule to this file's own
+CPU with native bf16 a run times its candidate paths itself, and the mark applies its rule to this file's own
 random-tensor timings. The markdown table goes verbatim into docs/training.md.
 """
 import argparse
@@ -37,10 +38,11 @@ import lksmn_arch  # noqa: E402,F401  (compatibility fixes before basicsr; regis
 
 from report import save_report  # noqa: E402
 from lksmn_arch.models.lksmn_model import LKSMNModel  # noqa: E402
-from lksmn_arch.models.training_path import bf16_pays, precision_is_timed, training_path  # noqa: E402
+from lksmn_arch.models.training_path import choose_path, path_is_timed, training_path  # noqa: E402
 from lksmn_arch.utils.cpus import cpu_has_native_bf16, cpu_label  # noqa: E402
 
 NETWORKS = {'LKSMN': {'type': 'LKSMN'}, 'SAFMN': {'type': 'SpandrelSAFMN'}}
+LKCD_FP32_PATH = 'bf16 channels_last, LKCD fp32'  # LKCD's depthwise convs in fp32 under autocast (LKSMN only)
 
 
 def paths_for(device: str, compile_too: bool) -> Dict[str, Dict[str, Any]]:
@@ -48,7 +50,9 @@ def paths_for(device: str, compile_too: bool) -> Dict[str, Dict[str, Any]]:
     paths = {'fp32 NCHW': {'precision': 'fp32', 'channels_last': False},
              'fp32 channels_last': {'precision': 'fp32', 'channels_last': True}}
     if (device == 'cpu' and cpu_has_native_bf16()) or (device == 'cuda' and torch.cuda.is_bf16_supported()):
-        paths['bf16 channels_last'] = {'precision': 'bf16', 'channels_last': True}
+        paths['bf16 channels_last'] = {'precision': 'bf16', 'channels_last': True, 'lkcd_depthwise_fp32': False}
+        paths[LKCD_FP32_PATH] = {'precision': 'bf16', 'channels_last': True, 'lkcd_depthwise_fp32': True,
+                                 'lkcd_only': True}
     if compile_too:
         paths['fp32 channels_last compiled'] = {'precision': 'fp32', 'channels_last': True, 'compile': True}
     return paths
@@ -56,31 +60,34 @@ def paths_for(device: str, compile_too: bool) -> Dict[str, Dict[str, Any]]:
 
 def auto_path_name(device: str) -> str:
     """The name (as in ``paths_for``) of the path ``train.precision: auto`` and ``train.channels_last: auto``
-    take on ``device``: what ``lksmn-train`` runs by default. On a CPU with native bf16 the precision is timed by
+    take on ``device``: what ``lksmn-train`` runs by default. On a CPU with native bf16 the path is timed by
     each run (``lksmn_arch.models.training_path``): the rows marked ``default`` say which path that is here."""
-    channels_last, dtype, _ = training_path({}, device)
-    layout = 'channels_last' if channels_last else 'NCHW'
-    if precision_is_timed({}, device):
+    path = training_path({}, device)
+    layout = 'channels_last' if path.channels_last else 'NCHW'
+    if path_is_timed({}, device):
         return f'bf16 or fp32 {layout}, timed per run'
-    return f'{"bf16" if dtype == torch.bfloat16 else "fp32"} {layout}'
+    return f'{"bf16" if path.autocast_dtype == torch.bfloat16 else "fp32"} {layout}'
 
 
 def mark_default_paths(rows: List[Dict[str, Any]], device: str) -> None:
     """Set ``default`` on each row: whether it is the path lksmn-train takes by default for its network and batch
-    shape. Where the precision is timed per run, the rule of ``training_path`` is applied to this benchmark's own
-    random-tensor timings of bf16 and fp32 channels_last (what the run's timer measures: no data loading)."""
-    timed = precision_is_timed({}, device)
+    shape. Where the path is timed per run, the rule of ``training_path`` (``choose_path``) is applied to this
+    benchmark's own random-tensor timings of the paths a run times (what the run's timer measures: no data
+    loading)."""
+    timed = path_is_timed({}, device)
     static = None if timed else auto_path_name(device)
     shape = ('network', 'threads', 'batch', 'lr_patch')
     timings = {(tuple(r[k] for k in shape), r['path']): r['ms_per_iter'] for r in rows if r['loader'] == 'random tensors'}
+    candidates = {'fp32 channels_last': (None, False), 'bf16 channels_last': (torch.bfloat16, False),
+                  LKCD_FP32_PATH: (torch.bfloat16, True)}
     for r in rows:
         if not timed:
             r['default'] = r['path'] == static
             continue
         group = tuple(r[k] for k in shape)
-        fp32, bf16 = timings.get((group, 'fp32 channels_last')), timings.get((group, 'bf16 channels_last'))
-        chosen = 'bf16 channels_last' if fp32 and bf16 and bf16_pays(fp32, bf16) else 'fp32 channels_last'
-        r['default'] = r['path'] == chosen
+        seconds = {c: timings[(group, name)] for name, c in candidates.items() if (group, name) in timings}
+        chosen = choose_path(seconds) if any(c[0] is not None for c in seconds) else (None, False)
+        r['default'] = candidates.get(r['path']) == chosen
 
 
 def model_options(network: Dict[str, Any], path: Dict[str, Any], scale: int, folder: Path,
@@ -90,7 +97,7 @@ def model_options(network: Dict[str, Any], path: Dict[str, Any], scale: int, fol
              'scheduler': {'type': 'MultiStepLR', 'milestones': [10 ** 9], 'gamma': 0.5},
              'total_iter': 10 ** 9, 'warmup_iter': -1,
              'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'},
-             'precision': path['precision'], 'channels_last': path['channels_last']}
+             **{key: path[key] for key in ('precision', 'channels_last', 'lkcd_depthwise_fp32') if key in path}}
     return {'name': 'train_speed', 'model_type': 'LKSMNModel', 'scale': scale, 'is_train': True, 'dist': False,
             'rank': 0, 'world_size': 1, 'num_gpu': 1 if device == 'cuda' else 0,
             'network_g': {**network, 'upscale': scale}, 'train': train, 'val': None,
@@ -191,6 +198,8 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
                     configs: Dict[str, Dict[str, Any]] = {}
                     for network in args.networks:
                         for path_name, path in paths.items():
+                            if path.get('lkcd_only') and network != 'LKSMN':
+                                continue  # no LKCD in this network: the same path as plain bf16
                             folder = Path(temp) / f'{network}_{len(rows)}_{len(configs)}'
                             model = build(network, path, args.scale, folder, device)
                             if loader == 'random tensors':
@@ -209,7 +218,7 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
                                      'iters_per_s': round(1 / median, 2),
                                      'rounds_ms': [round(v * 1000, 2) for v in values],
                                      'skipped_steps': configs[name]['skipped']})
-                        print(f'  {network:6s} {path_name:28s} {median * 1000:8.1f} ms/iter', flush=True)
+                        print(f'  {network:6s} {path_name:32s} {median * 1000:8.1f} ms/iter', flush=True)
                     del configs
     mark_default_paths(rows, device)
     return {'device': device, 'cpu': cpu_label(), 'native_bf16': cpu_has_native_bf16(),

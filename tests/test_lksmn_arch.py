@@ -8,7 +8,8 @@ import yaml
 
 import lksmn_arch  # noqa: F401
 from lksmn_arch.archs.lksmn_arch import (LKCD, LKSMN, MDTA, MLFA, MSMA, NAMED_CONFIGS, ConvChannelMixer,
-                                         GatedFeedForward, LayerNorm2d, PixelShuffleUpsampler)
+                                         GatedFeedForward, LayerNorm2d, PixelShuffleUpsampler,
+                                         set_lkcd_depthwise_fp32)
 
 PAPER_X4_PARAMETERS = 253_000
 
@@ -158,6 +159,29 @@ def test_every_parameter_receives_a_gradient():
     missing = [name for name, p in model.named_parameters()
                if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert not missing
+
+
+def test_lkcd_depthwise_convs_can_run_in_fp32_under_bf16_autocast_with_gradients_for_every_weight():
+    torch.manual_seed(3)
+    model = LKSMN(upscale=2, num_feat=24, num_block=2)
+    weights = set(model.state_dict())
+    assert set_lkcd_depthwise_fp32(model, True) == 2 * 3 and set(model.state_dict()) == weights  # not a weight
+    seen = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d) and name.split('.')[-1] in ('local', 'dilated', 'pointwise'):
+            module.register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(name, out.dtype))
+    x = torch.rand(2, 3, 12, 10)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model(x)
+    out.float().abs().mean().backward()
+    assert {d for n, d in seen.items() if not n.endswith('pointwise')} == {torch.float32}
+    assert {d for n, d in seen.items() if n.endswith('pointwise')} == {torch.bfloat16}  # back under autocast
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+    with torch.no_grad():
+        reference = model(x)  # outside autocast the flag changes nothing
+        set_lkcd_depthwise_fp32(model, False)
+        assert torch.equal(model(x), reference)
+    assert set_lkcd_depthwise_fp32(torch.nn.Conv2d(3, 3, 1), True) == 0
 
 
 @pytest.mark.parametrize('upscale', [1, 5, '4', 4.0, True, None])

@@ -14,39 +14,71 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
 
 def test_auto_path_on_a_cpu_is_channels_last_with_bf16_only_where_the_cpu_has_it(monkeypatch):
     monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: False)
-    assert training_path({}, 'cpu')[:2] == (True, None)
+    assert training_path({}, 'cpu')[:3] == (True, None, False)
     monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: True)
-    assert training_path({}, 'cpu')[:2] == (True, torch.bfloat16)
+    assert training_path({}, 'cpu')[:3] == (True, torch.bfloat16, True)  # untimed: LKCD's depthwise convs in fp32
 
 
 def _fake_timer(ms: dict, calls: list):
-    def time_step(dtype):
-        name = 'bf16' if dtype == torch.bfloat16 else 'fp32'
+    def time_step(dtype, lkcd_fp32):
+        name = 'fp32' if dtype is None else ('bf16 lkcd' if lkcd_fp32 else 'bf16')
         calls.append(name)
         return ms[name] / 1000
     return time_step
 
 
-@pytest.mark.parametrize('fp32_ms, bf16_ms, chosen', [(60.0, 50.0, torch.bfloat16),  # bf16 clearly faster
-                                                     (43.2, 46.4, None),  # slower (an AMX Xeon, measured)
-                                                     (50.0, 49.0, None)])  # within the margin: fp32's accuracy
-def test_auto_precision_on_a_native_bf16_cpu_is_the_one_its_own_timed_steps_say_is_faster(monkeypatch, fp32_ms,
-                                                                                          bf16_ms, chosen):
+@pytest.mark.parametrize('fp32_ms, bf16_ms, lkcd_ms, chosen', [
+    (60.0, 50.0, 55.0, (torch.bfloat16, False)),  # plain bf16 clearly faster
+    (40.9, 42.0, 34.6, (torch.bfloat16, True)),  # an AMX Xeon, measured: bf16 only with LKCD's depthwise in fp32
+    (43.2, 46.4, 45.0, (None, False)),  # both bf16 paths slower
+    (50.0, 49.0, 48.5, (None, False))])  # within the margin: fp32's accuracy
+def test_auto_path_on_a_native_bf16_cpu_is_the_one_its_own_timed_steps_say_is_faster(monkeypatch, fp32_ms, bf16_ms,
+                                                                                     lkcd_ms, chosen):
     monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: True)
     calls = []
-    channels_last, dtype, lines = training_path({}, 'cpu', _fake_timer({'fp32': fp32_ms, 'bf16': bf16_ms}, calls))
-    assert (channels_last, dtype) == (True, chosen)
-    assert calls == ['fp32', 'bf16'] * (1 + paths.TIMING_ROUNDS)  # a warm-up round, then interleaved rounds
-    assert f'{bf16_ms:.1f} ms in bf16' in lines[0] and f'{fp32_ms:.1f} ms in fp32' in lines[0]
-    assert lines[-1].startswith(f'Training path: {"bf16 autocast" if chosen else "fp32"}, channels_last on cpu')
+    path = training_path({}, 'cpu', _fake_timer({'fp32': fp32_ms, 'bf16': bf16_ms, 'bf16 lkcd': lkcd_ms}, calls))
+    assert (path.channels_last, path.autocast_dtype, path.lkcd_depthwise_fp32) == (True, *chosen)
+    assert calls == ['fp32', 'bf16', 'bf16 lkcd'] * (1 + paths.TIMING_ROUNDS)  # a warm-up round, then interleaved
+    assert (f'{bf16_ms:.1f} ms in bf16 autocast,' in path.lines[0] and f'{fp32_ms:.1f} ms in fp32' in path.lines[0]
+            and f"{lkcd_ms:.1f} ms in bf16 autocast with LKCD's depthwise convs in fp32" in path.lines[0])
+    taken = {(torch.bfloat16, False): 'bf16 autocast,', (torch.bfloat16, True): "bf16 autocast with LKCD's",
+             (None, False): 'fp32,'}[chosen]
+    assert path.lines[-1].startswith(f'Training path: {taken}')
 
 
-@pytest.mark.parametrize('train, native', [({'precision': 'fp32'}, True), ({'precision': 'bf16'}, True), ({}, False)])
-def test_precision_is_timed_only_when_left_at_auto_on_a_native_bf16_cpu(monkeypatch, train, native):
+@pytest.mark.parametrize('train, native', [({'precision': 'fp32'}, True),
+                                           ({'precision': 'bf16', 'lkcd_depthwise_fp32': True}, True),
+                                           ({'precision': 'bf16', 'lkcd_depthwise_fp32': False}, True),
+                                           ({}, False)])
+def test_the_path_is_not_timed_where_the_options_pin_it_or_the_cpu_has_no_native_bf16(monkeypatch, train, native):
     monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: native)
     calls = []
-    training_path(train, 'cpu', _fake_timer({'fp32': 1.0, 'bf16': 1.0}, calls))
-    assert calls == [] and not paths.precision_is_timed(train, 'cpu')
+    path = training_path(train, 'cpu', _fake_timer({'fp32': 1.0, 'bf16': 1.0, 'bf16 lkcd': 1.0}, calls))
+    assert calls == [] and not paths.path_is_timed(train, 'cpu')
+    assert path.lkcd_depthwise_fp32 == (native and train.get('lkcd_depthwise_fp32', True) and path.autocast_dtype is not None)
+
+
+def test_bf16_pinned_times_only_whether_lkcd_depthwise_convs_stay_fp32(monkeypatch):
+    monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: True)
+    calls = []
+    path = training_path({'precision': 'bf16'}, 'cpu', _fake_timer({'fp32': 1.0, 'bf16': 40.0, 'bf16 lkcd': 45.0}, calls))
+    assert set(calls) == {'bf16', 'bf16 lkcd'} and path[1:3] == (torch.bfloat16, False)
+    assert 'set train.lkcd_depthwise_fp32 to pin it' in path.lines[0]
+
+
+def test_a_network_without_lkcd_times_fp32_against_plain_bf16_only(monkeypatch):
+    monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: True)
+    calls = []
+    path = training_path({}, 'cpu', _fake_timer({'fp32': 60.0, 'bf16': 50.0, 'bf16 lkcd': 1.0}, calls),
+                         network_has_lkcd=False)
+    assert set(calls) == {'fp32', 'bf16'} and path[1:3] == (torch.bfloat16, False)
+    assert 'LKCD' not in path.lines[-1].split('(')[0]
+    assert not paths.path_is_timed({'precision': 'bf16'}, 'cpu', network_has_lkcd=False)
+
+
+def test_unknown_lkcd_depthwise_fp32_values_are_refused_naming_the_key():
+    with pytest.raises(TrainingError, match='train.lkcd_depthwise_fp32'):
+        training_path({'lkcd_depthwise_fp32': 'yes'}, 'cpu')
 
 
 def test_a_training_model_times_its_own_network_at_its_batch_shape(monkeypatch, tmp_path):
@@ -59,12 +91,15 @@ def test_a_training_model_times_its_own_network_at_its_batch_shape(monkeypatch, 
     def recording_timer(net, batch_size, lr_patch, scale, channels_last, device):
         shapes.append((type(net).__name__, batch_size, lr_patch, scale, channels_last))
         timer = real_timer(net, batch_size, lr_patch, scale, channels_last, device, steps=1)
-        return lambda dtype: timer(dtype) * (0.5 if dtype == torch.bfloat16 else 1.0)  # bf16 made to win
+        # bf16 with LKCD's depthwise convs in fp32 made to win
+        return lambda dtype, lkcd: timer(dtype, lkcd) * (0.25 if dtype == torch.bfloat16 and lkcd else 1.0)
 
     monkeypatch.setattr(lksmn_model, 'network_step_timer', recording_timer)
     model = build('LKSMN', {'precision': 'auto', 'channels_last': True}, 2, tmp_path, 'cpu')
     assert shapes == [('LKSMN', 8, 16, 2, True)]  # no datasets.train in these options: batch 8 of 16x16
     assert model._autocast_dtype == torch.bfloat16
+    lkcds = [m for m in model.net_g.modules() if type(m).__name__ == 'LKCD']
+    assert lkcds and all(m.depthwise_fp32_under_autocast for m in lkcds)  # set on the network that trains
 
 
 def test_the_step_timer_leaves_the_network_and_the_random_stream_as_they_were():
@@ -73,7 +108,8 @@ def test_the_step_timer_leaves_the_network_and_the_random_stream_as_they_were():
     weights = {k: v.clone() for k, v in net.state_dict().items()}
     before = torch.random.get_rng_state()
     timer = paths.network_step_timer(net, 2, 8, 2, True, torch.device('cpu'), steps=1)
-    assert timer(None) > 0 and timer(torch.bfloat16) > 0
+    assert timer(None, False) > 0 and timer(torch.bfloat16, False) > 0 and timer(torch.bfloat16, True) > 0
+    assert not any(getattr(m, 'depthwise_fp32_under_autocast', False) for m in net.modules())
     assert torch.equal(torch.random.get_rng_state(), before)
     assert all(torch.equal(v, weights[k]) for k, v in net.state_dict().items())
     assert all(p.grad is None for p in net.parameters())
@@ -81,8 +117,8 @@ def test_the_step_timer_leaves_the_network_and_the_random_stream_as_they_were():
 
 def test_bf16_asked_on_a_cpu_without_native_bf16_falls_back_to_fp32_with_one_line(monkeypatch):
     monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: False)
-    channels_last, dtype, lines = training_path({'precision': 'bf16', 'channels_last': False}, 'cpu')
-    assert (channels_last, dtype) == (False, None)
+    channels_last, dtype, lkcd_fp32, lines = training_path({'precision': 'bf16', 'channels_last': False}, 'cpu')
+    assert (channels_last, dtype, lkcd_fp32) == (False, None, False)
     assert any('no native bf16' in line and 'fp32' in line for line in lines)
     assert lines[-1].startswith('Training path: fp32, NCHW on cpu')
 
@@ -144,13 +180,16 @@ def test_the_speed_table_marks_as_default_the_path_a_run_would_time_as_faster(mo
     monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: True)
     shape = {'network': 'LKSMN', 'threads': 2, 'batch': 8}
     rows = [{**shape, 'lr_patch': patch, 'loader': loader, 'path': path, 'ms_per_iter': ms}
-            for patch, fp32, bf16 in ((16, 43.2, 46.4), (32, 178.0, 159.0))
+            for patch, fp32, bf16, lkcd in ((16, 43.2, 46.4, 45.0), (32, 178.0, 159.0, 165.0), (48, 300.0, 310.0, 200.0))
             for loader in ('random tensors', 'LMDB dataloader')
-            for path, ms in (('fp32 NCHW', 300.0), ('fp32 channels_last', fp32), ('bf16 channels_last', bf16))]
+            for path, ms in (('fp32 NCHW', 400.0), ('fp32 channels_last', fp32), ('bf16 channels_last', bf16),
+                             (train_speed.LKCD_FP32_PATH, lkcd))]
     train_speed.mark_default_paths(rows, 'cpu')
     defaults = {(r['lr_patch'], r['loader']): r['path'] for r in rows if r['default']}
     assert defaults == {(16, 'random tensors'): 'fp32 channels_last', (16, 'LMDB dataloader'): 'fp32 channels_last',
-                        (32, 'random tensors'): 'bf16 channels_last', (32, 'LMDB dataloader'): 'bf16 channels_last'}
+                        (32, 'random tensors'): 'bf16 channels_last', (32, 'LMDB dataloader'): 'bf16 channels_last',
+                        (48, 'random tensors'): train_speed.LKCD_FP32_PATH,
+                        (48, 'LMDB dataloader'): train_speed.LKCD_FP32_PATH}
     monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: False)
     train_speed.mark_default_paths(rows, 'cpu')
     assert {r['path'] for r in rows if r['default']} == {'fp32 channels_last'}

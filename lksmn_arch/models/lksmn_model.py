@@ -57,7 +57,8 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from lksmn_arch.training import resume
 from lksmn_arch.utils.atomic import atomic_save, check_writable, remove_stale_temporaries
 from lksmn_arch.utils.checkpoint import CheckpointError, check_weights
-from lksmn_arch.models.training_path import network_step_timer, precision_is_timed, training_path
+from lksmn_arch.archs.lksmn_arch import set_lkcd_depthwise_fp32
+from lksmn_arch.models.training_path import network_step_timer, path_is_timed, training_path
 from lksmn_arch.training.resume import TrainingError, load_trusted
 
 DEFAULT_MAX_NONFINITE_STEPS = 20
@@ -333,11 +334,13 @@ class LKSMNModel(SRModel):
     files only need the type changed. Adds option ``train.max_nonfinite_steps`` (default 20)."""
 
     def __init__(self, opt: Dict[str, Any]) -> None:
-        self._channels_last, self._autocast_dtype, path_lines = False, None, []
+        self._channels_last, self._autocast_dtype, self._lkcd_depthwise_fp32 = False, None, False
         self._grad_scaler: Optional[torch.amp.GradScaler] = None
         if opt.get('is_train') and isinstance(opt.get('train'), dict):
+            # the layout (and the options' check) before BasicSR builds and moves the network; the rest is final
+            # once the network exists (_final_path)
             device_type = 'cuda' if opt.get('num_gpu', 0) != 0 and torch.cuda.is_available() else 'cpu'
-            self._channels_last, self._autocast_dtype, path_lines = training_path(opt['train'], device_type)
+            self._channels_last, self._autocast_dtype = training_path(opt['train'], device_type)[:2]
             if self._autocast_dtype == torch.float16:  # fp16 gradients underflow without loss scaling
                 self._grad_scaler = torch.amp.GradScaler(device_type)
         self._nonfinite_steps = 0
@@ -348,8 +351,9 @@ class LKSMNModel(SRModel):
         super().__init__(opt)
         if not self.is_train:
             return
-        if isinstance(opt.get('train'), dict) and precision_is_timed(opt['train'], self.device.type):
-            self._autocast_dtype, path_lines = self._time_precision()
+        path_lines: List[str] = []
+        if isinstance(opt.get('train'), dict):
+            self._autocast_dtype, self._lkcd_depthwise_fp32, path_lines = self._final_path(opt['train'])
         logger = get_root_logger()
         for line in path_lines:
             logger.info(line)
@@ -368,16 +372,21 @@ class LKSMNModel(SRModel):
         if not install_signal_handlers():
             logger.warning('Not in the main thread: SIGTERM/SIGINT will not save a training state before exiting.')
 
-    def _time_precision(self) -> Tuple[Optional[torch.dtype], List[str]]:
-        """``train.precision: auto`` on a CPU with native bf16: bf16 autocast or fp32, whichever a few timed
-        steps of this network at the training batch shape say (``training_path``)."""
-        train_set = (self.opt.get('datasets') or {}).get('train') or {}
-        batch_size = int(train_set.get('batch_size_per_gpu') or 8)
-        lr_patch = max(1, int(train_set.get('gt_size') or 16 * self.opt['scale']) // self.opt['scale'])
-        timer = network_step_timer(self.get_bare_model(self.net_g), batch_size, lr_patch, self.opt['scale'],
-                                   self._channels_last, self.device)
-        _, dtype, lines = training_path(self.opt['train'], self.device.type, timer)
-        return dtype, lines
+    def _final_path(self, train_opt: Dict[str, Any]) -> Tuple[Optional[torch.dtype], bool, List[str]]:
+        """The autocast dtype, whether LKCD's depthwise convs stay fp32 under it (set on net_g here), and the lines
+        to log. On a CPU with native bf16, with options at auto, the path is whichever a few timed steps of this
+        network at the training batch shape say is fastest (``training_path``)."""
+        net = self.get_bare_model(self.net_g)
+        network_has_lkcd = set_lkcd_depthwise_fp32(net, False) > 0
+        timer = None
+        if path_is_timed(train_opt, self.device.type, network_has_lkcd):
+            train_set = (self.opt.get('datasets') or {}).get('train') or {}
+            batch_size = int(train_set.get('batch_size_per_gpu') or 8)
+            lr_patch = max(1, int(train_set.get('gt_size') or 16 * self.opt['scale']) // self.opt['scale'])
+            timer = network_step_timer(net, batch_size, lr_patch, self.opt['scale'], self._channels_last, self.device)
+        path = training_path(train_opt, self.device.type, timer, network_has_lkcd)
+        set_lkcd_depthwise_fp32(net, path.lkcd_depthwise_fp32)
+        return path.autocast_dtype, path.lkcd_depthwise_fp32, path.lines
 
     def model_to_device(self, net: torch.nn.Module) -> torch.nn.Module:
         """BaseModel's, with the weights put in channels_last first when training on that path."""

@@ -39,7 +39,7 @@ KNOWN_KEYS: Dict[str, Tuple[str, ...]] = {
              'training_states', 'log', 'visualization', 'results_root'),
     'train': ('ema_decay', 'optim_g', 'optim_d', 'scheduler', 'total_iter', 'warmup_iter', 'pixel_opt',
               'perceptual_opt', 'gan_opt', 'net_d_iters', 'net_d_init_iters', 'max_nonfinite_steps', 'precision',
-              'channels_last'),
+              'channels_last', 'lkcd_depthwise_fp32'),
     'dataset': ('name', 'type', 'dataroot_gt', 'dataroot_lq', 'meta_info_file', 'filename_tmpl', 'io_backend',
                 'gt_size', 'use_hflip', 'use_rot', 'num_worker_per_gpu', 'batch_size_per_gpu',
                 'dataset_enlarge_ratio', 'prefetch_mode', 'pin_memory', 'persistent_workers', 'num_prefetch_queue',
