@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import cv2
 import yaml
@@ -47,6 +47,7 @@ class Recipe(NamedTuple):
     ema_decay: float = 0.0
     precision: str = 'auto'  # train.precision; a recipe at fp32 gets the iterations of its default-path twin
     lossless_weight: int = 1  # how often a sub-image of a source stored losslessly or as JPEG is drawn per WebP one
+    hr_variant: str = 'as built'  # the training photos as lksmn-prepare built them, or one of HR_VARIANTS
 
 
 RECIPES: Dict[str, Recipe] = {
@@ -60,6 +61,19 @@ RECIPES: Dict[str, Recipe] = {
     'p16_b8_lr1e-3': Recipe(16, 8, 1e-3),
     'p16_b8_lr4e-3': Recipe(16, 8, 4e-3),
     'p32_b16_lr1e-3_ema': Recipe(32, 16, 1e-3, ema_decay=0.999),  # the shipped model's recipe
+    'p16_b8_lr2e-3_multiscale': Recipe(16, 8, 2e-3, hr_variant='multiscale'),
+    'p16_b8_lr2e-3_webp_x3': Recipe(16, 8, 2e-3, hr_variant='webp_x3'),
+}
+
+# Training photos other than lksmn-prepare's (issue 25 item 3), made from its photos/train/ folder: factors by
+# which (INTER_AREA) the photos stored as lossy WebP, and those stored otherwise (lossless, or JPEG at quality
+# ~99: the 4K wallpapers), are used, each factor giving one HR photo. Sub-images, LR and LMDBs as the set's own.
+HR_VARIANTS: Dict[str, Dict[str, Tuple[float, ...]]] = {
+    # the photos not stored as WebP also at 2/3 and 1/2 of their size: more scales of the cleanest content
+    'multiscale': {'webp': (1.0,), 'other': (1.0, 2 / 3, 1 / 2)},
+    # the WebP photos at 2/3 of their size (a third of the stored image, as they are halved already), so that the
+    # codec's artefacts shrink below a pixel; those whose short side falls below the 240-px sub-image drop out
+    'webp_x3': {'webp': (2 / 3,), 'other': (1.0,)},
 }
 
 
@@ -81,15 +95,49 @@ def seconds_per_iteration(speed: Dict[str, Any], patch: int, batch: int) -> floa
     return min(r['ms_per_iter'] for r in rows) / 1000
 
 
-def recipe_options(name: str, data: Path, iterations: int, meta_info_folder: Path) -> Dict[str, Any]:
-    """The option file of one recipe."""
+def _webp_ids() -> set:
+    """The ids of the manifest's photos stored as lossy WebP (the manifest's member or path)."""
+    manifest = json.loads((REPO / 'lksmn_arch' / 'data' / 'open_photos.json').read_text())['photos']
+    return {p['id'] for p in manifest if (p.get('member') or p['path']).lower().endswith('.webp')}
+
+
+def build_hr_variant(data: Path, folder: Path, variant: str) -> Path:
+    """The training set of ``HR_VARIANTS[variant]`` in ``folder`` (photos, then sub-images, LR and LMDBs with
+    the open-photos set's own settings); finished files are kept, so a second call only checks. Returns the
+    folder that holds its ``openphotos_train_*`` LMDBs."""
+    from lksmn_arch.data.open_photos import SUB_IMAGES, TRAIN_NAME
+    from lksmn_arch.data.prepare import prepare_div2k
+    factors = HR_VARIANTS[variant]
+    webp = _webp_ids()
+    photos = folder / 'photos'
+    photos.mkdir(parents=True, exist_ok=True)
+    for source in sorted((data / 'photos' / 'train').glob('*.png')):
+        for factor in factors['webp' if source.stem in webp else 'other']:
+            target = photos / (source.name if factor == 1 else f'{source.stem}_scaled{round(factor * 100)}.png')
+            if target.exists():
+                continue
+            image = cv2.imread(str(source), cv2.IMREAD_COLOR)
+            if factor != 1:
+                height, width = image.shape[:2]
+                image = cv2.resize(image, (round(width * factor), round(height * factor)), interpolation=cv2.INTER_AREA)
+            temporary = target.with_name(f'.{target.name}.tmp.png')
+            cv2.imwrite(str(temporary), image)
+            temporary.replace(target)
+    prepare_div2k([photos], folder, TRAIN_NAME, SUB_IMAGES, workers=2, lmdb=True)  # too small: a warning each
+    return folder
+
+
+def recipe_options(name: str, data: Path, iterations: int, meta_info_folder: Path,
+                   train_data: Optional[Path] = None) -> Dict[str, Any]:
+    """The option file of one recipe; ``train_data``: the folder of its training LMDBs (default ``data``)."""
     recipe = RECIPES[name]
     opt = yaml.safe_load(TEMPLATE.read_text())
     opt['name'] = f'study_{name}'
     train = opt['datasets']['train']
     if recipe.lossless_weight == 1:
-        train['dataroot_gt'] = str(data / 'openphotos_train_HR_sub.lmdb')
-        train['dataroot_lq'] = str(data / f'openphotos_train_LR_bicubic_X{SCALE}_sub.lmdb')
+        train_data = train_data or data
+        train['dataroot_gt'] = str(train_data / 'openphotos_train_HR_sub.lmdb')
+        train['dataroot_lq'] = str(train_data / f'openphotos_train_LR_bicubic_X{SCALE}_sub.lmdb')
     else:  # BasicSR's meta_info_file (disk backend) lists a sub-image once per draw
         train['dataroot_gt'] = str(data / 'openphotos_train_HR_sub')
         train['dataroot_lq'] = str(data / f'openphotos_train_LR_bicubic_X{SCALE}_sub')
@@ -116,8 +164,7 @@ def recipe_options(name: str, data: Path, iterations: int, meta_info_folder: Pat
 def weighted_meta_info(data: Path, folder: Path, lossless_weight: int) -> Path:
     """A meta-info file of the training sub-images in which each sub-image of a photo not stored as lossy WebP
     (the manifest's member or path) appears ``lossless_weight`` times, so BasicSR draws it that much more often."""
-    manifest = json.loads((REPO / 'lksmn_arch' / 'data' / 'open_photos.json').read_text())['photos']
-    webp = {p['id'] for p in manifest if (p.get('member') or p['path']).lower().endswith('.webp')}
+    webp = _webp_ids()
     lines = []
     for path in sorted((data / 'openphotos_train_HR_sub').glob('*.png')):
         photo_id = path.stem.rsplit('_s', 1)[0]
@@ -156,7 +203,10 @@ def run_recipe(name: str, data: Path, out: Path, iterations: int, nice: int) -> 
     """Train one recipe (resuming if it ran before) and read its learning curve from its logs."""
     option_file = out / 'options' / f'study_{name}.yml'
     option_file.parent.mkdir(parents=True, exist_ok=True)
-    option_file.write_text(yaml.safe_dump(recipe_options(name, data, iterations, out / 'meta_info'), sort_keys=False))
+    variant = RECIPES[name].hr_variant
+    train_data = None if variant == 'as built' else build_hr_variant(data, out / 'data' / variant, variant)
+    option_file.write_text(yaml.safe_dump(recipe_options(name, data, iterations, out / 'meta_info', train_data),
+                                          sort_keys=False))
     experiment = out / 'experiments' / f'study_{name}'
     done = experiment / 'models' / 'net_g_latest.pth'
     started = time.time()
@@ -181,17 +231,19 @@ def format_table(results: Dict[str, Any]) -> str:
              f'MATLAB bicubic {results["bicubic_psnr"]:.2f} dB). Command: `{results["command"]}`', '',
              'Precision auto is this machine\'s default training path; a recipe at fp32 runs the iterations of its '
              'default-path twin (equal iterations, not equal time). Non-WebP weight: how many times each training '
-             'sub-image of a photo not stored as lossy WebP is drawn per WebP one.', '',
-             '| recipe | LR patch | batch | lr | EMA | precision | non-WebP weight | iterations | '
+             'sub-image of a photo not stored as lossy WebP is drawn per WebP one. HR photos: the training photos '
+             'as lksmn-prepare built them, or a variant of them (recipe_study.py HR_VARIANTS).', '',
+             '| recipe | LR patch | batch | lr | EMA | precision | non-WebP weight | HR photos | iterations | '
              'best val PSNR (at iter) | final val PSNR | final gain over bicubic |',
-             '|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|']
+             '|---|---:|---:|---:|---:|---|---:|---|---:|---:|---:|---:|']
     for r in results['runs']:
         if not r['curve']:
             continue
         best = max(r['curve'], key=lambda c: c['psnr'])
         final = r['curve'][-1]['psnr']
         lines.append(f'| {r["recipe"]} | {r["lr_patch"]} | {r["batch"]} | {r["lr"]:g} | {r["ema_decay"] or "none"} | '
-                     f'{r.get("precision", "auto")} | {r.get("lossless_weight", 1)} | {r["iterations"]} | {best["psnr"]:.3f} ({best["iter"]}) | {final:.3f} | '
+                     f'{r.get("precision", "auto")} | {r.get("lossless_weight", 1)} | {r.get("hr_variant", "as built")} | '
+                     f'{r["iterations"]} | {best["psnr"]:.3f} ({best["iter"]}) | {final:.3f} | '
                      f'{final - results["bicubic_psnr"]:+.2f} |')
     return '\n'.join(lines) + '\n'
 

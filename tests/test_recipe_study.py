@@ -72,3 +72,22 @@ def test_an_fp32_recipe_sets_the_precision_and_keeps_its_twins_iterations(tmp_pa
     opt = recipe_study.recipe_options('p16_b8_lr2e-3_fp32', tmp_path, 12220, tmp_path / 'meta')
     assert opt['train']['precision'] == 'fp32' and opt['train']['total_iter'] == 12220
     assert recipe_study.recipe_options('p16_b8_lr2e-3', tmp_path, 1, tmp_path / 'meta')['train']['precision'] == 'auto'
+
+
+def test_an_hr_variant_rescales_webp_and_other_photos_by_their_factors_and_trains_on_its_own_lmdbs(tmp_path):
+    import cv2
+    import numpy as np
+    photos = tmp_path / 'data' / 'photos' / 'train'
+    photos.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ('gcompris_erase_alpaca', 'enlightenment_Bamboo'):  # a lossy WebP source and a lossless one
+        cv2.imwrite(str(photos / f'{name}.png'), rng.integers(0, 256, (300, 480, 3), dtype=np.uint8))
+    made = recipe_study.build_hr_variant(tmp_path / 'data', tmp_path / 'variant', 'multiscale')
+    sizes = {p.name: cv2.imread(str(p)).shape[:2] for p in (made / 'photos').glob('*.png')}
+    assert sizes == {'gcompris_erase_alpaca.png': (300, 480), 'enlightenment_Bamboo.png': (300, 480),
+                     'enlightenment_Bamboo_scaled67.png': (200, 320), 'enlightenment_Bamboo_scaled50.png': (150, 240)}
+    assert (made / 'openphotos_train_HR_sub.lmdb').is_dir()  # the two smaller copies are below the 240-px crop
+    assert len(list((made / 'openphotos_train_HR_sub').glob('*.png'))) == 2 * 6  # 2 rows x 3 columns per photo
+    opt = recipe_study.recipe_options('p16_b8_lr2e-3_multiscale', tmp_path / 'data', 100, tmp_path / 'meta', made)
+    assert opt['datasets']['train']['dataroot_gt'] == str(made / 'openphotos_train_HR_sub.lmdb')
+    assert str(tmp_path / 'data' / 'openphotos_val') in opt['datasets']['val']['dataroot_gt']
