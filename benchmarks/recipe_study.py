@@ -242,8 +242,8 @@ def format_table(results: Dict[str, Any]) -> str:
         best = max(r['curve'], key=lambda c: c['psnr'])
         final = r['curve'][-1]['psnr']
         lines.append(f'| {r["recipe"]} | {r["lr_patch"]} | {r["batch"]} | {r["lr"]:g} | {r["ema_decay"] or "none"} | '
-                     f'{r.get("precision", "auto")} | {r.get("lossless_weight", 1)} | {r.get("hr_variant", "as built")} | '
-                     f'{r["iterations"]} | {best["psnr"]:.3f} ({best["iter"]}) | {final:.3f} | '
+                     f'{r.get("precision", "auto")} | {r.get("lossless_weight", 1)} | '
+                     f'{r.get("hr_variant", "as built")} | {r["iterations"]} | {best["psnr"]:.3f} ({best["iter"]}) | {final:.3f} | '
                      f'{final - results["bicubic_psnr"]:+.2f} |')
     return '\n'.join(lines) + '\n'
 

@@ -55,7 +55,8 @@ def test_the_path_is_not_timed_where_the_options_pin_it_or_the_cpu_has_no_native
     calls = []
     path = training_path(train, 'cpu', _fake_timer({'fp32': 1.0, 'bf16': 1.0, 'bf16 lkcd': 1.0}, calls))
     assert calls == [] and not paths.path_is_timed(train, 'cpu')
-    assert path.lkcd_depthwise_fp32 == (native and train.get('lkcd_depthwise_fp32', True) and path.autocast_dtype is not None)
+    bf16 = path.autocast_dtype is not None
+    assert path.lkcd_depthwise_fp32 == (native and bf16 and train.get('lkcd_depthwise_fp32', True))
 
 
 def test_bf16_pinned_times_only_whether_lkcd_depthwise_convs_stay_fp32(monkeypatch):

@@ -113,7 +113,6 @@ def training_path(train_opt: Dict[str, Any], device_type: str, time_step: Option
         lines.append(f'Training path timed: a training step of this network and batch took {timings} on this CPU; '
                      f'{_candidate_name((dtype, lkcd_fp32))} taken (bf16 needs {BF16_MIN_SPEEDUP:.2f}x over fp32; '
                      f'set {pins} to pin it).')
-        precision = 'fp32' if dtype is None else 'bf16'
     else:
         if precision == 'auto':
             precision = 'bf16' if device_type == 'cpu' and native_bf16 else 'fp32'
@@ -126,8 +125,9 @@ def training_path(train_opt: Dict[str, Any], device_type: str, time_step: Option
             precision = 'fp32'
         dtype = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
         lkcd_fp32 = dtype is not None and network_has_lkcd and (device_type == 'cpu' if lkcd == 'auto' else lkcd)
-    lines.append(f'Training path: {_candidate_name((dtype, lkcd_fp32))}, {"channels_last" if channels_last else "NCHW"} '
-                 f'on {device_type} (train.precision, train.channels_last, train.lkcd_depthwise_fp32).')
+    layout_name = 'channels_last' if channels_last else 'NCHW'
+    lines.append(f'Training path: {_candidate_name((dtype, lkcd_fp32))}, {layout_name} on {device_type} '
+                 '(train.precision, train.channels_last, train.lkcd_depthwise_fp32).')
     return TrainingPath(channels_last, dtype, lkcd_fp32, lines)
 
 
