@@ -209,3 +209,19 @@ def test_the_speed_benchmark_counts_and_reports_timed_steps_skipped_as_non_finit
     table = train_speed.format_table({'device': 'cpu', 'cpu': 'a CPU', 'native_bf16': False, 'torch': '2', 'scale': 2,
                                       'rounds': 1, 'iters': 2, 'command': 'x', 'rows': [row]})
     assert 'skipped as non-finite' in table and 'patch 8, random tensors: 2 of 2' in table
+
+
+def _choose_in_rank(rank: int, init_file: str, results: str) -> None:
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
+    mine = (torch.bfloat16, True) if rank == 0 else (None, False)  # the ranks' own timings disagree
+    dtype, lkcd = paths.rank_zeros_choice(mine)
+    Path(results, f'rank{rank}.txt').write_text(f'{dtype} {lkcd}')
+    dist.destroy_process_group()
+
+
+def test_every_rank_of_a_distributed_run_trains_on_rank_zeros_timed_choice(tmp_path):
+    import torch.multiprocessing as mp
+    mp.spawn(_choose_in_rank, args=(str(tmp_path / 'init'), str(tmp_path)), nprocs=2, join=True)
+    assert {(tmp_path / f'rank{r}.txt').read_text() for r in (0, 1)} == {'torch.bfloat16 True'}
+    assert paths.rank_zeros_choice((None, False)) == (None, False)  # not distributed: as it is

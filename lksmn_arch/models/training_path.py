@@ -106,7 +106,7 @@ def training_path(train_opt: Dict[str, Any], device_type: str, time_step: Option
     candidates = _timed_candidates(train_opt, device_type, network_has_lkcd) if time_step is not None else []
     if candidates:
         seconds = dict(zip(candidates, time_paths(time_step, candidates)))
-        dtype, lkcd_fp32 = choose_path(seconds)
+        dtype, lkcd_fp32 = rank_zeros_choice(choose_path(seconds))
         timings = ', '.join(f'{s * 1000:.1f} ms in {_candidate_name(c)}' for c, s in seconds.items())
         pins = ' and '.join(f'train.{key}' for key, value in (('precision', precision), ('lkcd_depthwise_fp32', lkcd))
                             if value == 'auto')
@@ -129,6 +129,18 @@ def training_path(train_opt: Dict[str, Any], device_type: str, time_step: Option
     lines.append(f'Training path: {_candidate_name((dtype, lkcd_fp32))}, {layout_name} on {device_type} '
                  '(train.precision, train.channels_last, train.lkcd_depthwise_fp32).')
     return TrainingPath(channels_last, dtype, lkcd_fp32, lines)
+
+
+def rank_zeros_choice(candidate: Candidate) -> Candidate:
+    """In a distributed run, rank 0's timed choice for every rank (each rank times its own steps, and close timings
+    could otherwise send ranks down different paths); ``candidate`` as it is otherwise."""
+    distributed = torch.distributed
+    if not (distributed.is_available() and distributed.is_initialized()) or distributed.get_world_size() < 2:
+        return candidate
+    dtypes = [None, torch.bfloat16, torch.float16]
+    code = torch.tensor([dtypes.index(candidate[0]), int(candidate[1])])
+    distributed.broadcast(code, src=0)  # timing is a CPU matter, so the backend is gloo and the tensor on the CPU
+    return dtypes[int(code[0])], bool(code[1])
 
 
 def time_paths(time_step: StepTimer, candidates: Sequence[Candidate], rounds: int = TIMING_ROUNDS) -> List[float]:
