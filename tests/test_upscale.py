@@ -222,7 +222,7 @@ def test_progress_bar_advances_by_each_images_megapixels_and_counts_the_images(t
     report = upscale_paths(photos, tmp_path / 'out', checkpoint, backend='torch', tile=0, progress=True)
     assert len(report.written) == 2 and len(report.failed) == 1
     bar = capsys.readouterr().err.replace('\r', '\n')
-    assert '0.3/0.3 MP' in bar and 'image 3/3' in bar
+    assert '0.32/0.32 MP' in bar and 'image 3/3' in bar  # two decimals below 1 MP: never 0.0/0.0
     assert '100%' in bar
 
 

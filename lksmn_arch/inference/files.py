@@ -417,8 +417,10 @@ def _with_megapixel_bar(files: Sequence[Path], skipped: Set[Path], progress: boo
     """The files in order, under one bar that advances by each image's megapixels (the work it takes), with
     the image count beside it: a folder of one 12 MP photo and many thumbnails shows its real progress."""
     megapixels = {path: 0.0 if path in skipped else _header_megapixels(path, max_pixels) for path in files}
-    bar = tqdm(total=sum(megapixels.values()), desc='images', unit='MP', disable=not progress,
-               bar_format='{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} MP '
+    total = sum(megapixels.values())
+    digits = 1 if total >= 1 else 2  # a folder of small images would show 0.0/0.0 MP with one decimal
+    bar = tqdm(total=total, desc='images', unit='MP', disable=not progress,
+               bar_format=f'{{desc}}: {{percentage:3.0f}}%|{{bar}}| {{n:.{digits}f}}/{{total:.{digits}f}} MP '
                           '[{elapsed}<{remaining}{postfix}]')
     try:
         for number, path in enumerate(files, 1):
