@@ -176,6 +176,19 @@ def test_fp16_training_with_a_sane_loss_scale_steps_the_fp32_weights(tmp_path):
     assert changed and all(v.dtype == torch.float32 for v in model.net_g.parameters())
 
 
+def test_the_fp16_loss_scale_is_saved_in_the_training_state_and_restored_on_resume(tmp_path):
+    from train_speed import random_batches, step
+    model = _fp16_model(tmp_path / 'run', init_scale=2.0 ** 60)
+    step(model, random_batches(1, 2, 8, 2)[0], 1)  # overflows: the scale comes down
+    lowered = model._grad_scaler.get_scale()
+    model.save_training_state(0, 1)
+    state = torch.load(tmp_path / 'run' / 'states' / '1.state', weights_only=True)  # as the resume loader reads it
+    assert state['grad_scaler']['scale'] == lowered < 2.0 ** 60
+    resumed = _fp16_model(tmp_path / 'resumed', init_scale=2.0 ** 16)
+    resumed.resume_training(state)
+    assert resumed._grad_scaler.get_scale() == lowered
+
+
 def test_the_speed_table_marks_as_default_the_path_a_run_would_time_as_faster(monkeypatch):
     import train_speed
     monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: True)

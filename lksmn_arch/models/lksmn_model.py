@@ -472,10 +472,13 @@ class LKSMNModel(SRModel):
                                 'network size?') from None
 
     def resume_training(self, resume_state: Dict[str, Any]) -> None:
-        """BasicSR's, remembering the state's epoch and iteration."""
+        """BasicSR's, remembering the state's epoch and iteration, and the fp16 loss scale where the state holds one
+        and this run scales its loss (a state saved on another path leaves the scaler at its default)."""
         super().resume_training(resume_state)
         self._epoch = resume_state['epoch']
         self._last_checkpoint = resume_state['iter']
+        if self._grad_scaler is not None and resume_state.get('grad_scaler'):
+            self._grad_scaler.load_state_dict(resume_state['grad_scaler'])
 
     # --- one training step -----------------------------------------------------------------------------
 
@@ -648,7 +651,8 @@ class LKSMNModel(SRModel):
 
     @master_only
     def save_training_state(self, epoch, current_iter):
-        """BasicSR's state (``epoch``, ``iter``, ``optimizers``, ``schedulers``), written atomically."""
+        """BasicSR's state (``epoch``, ``iter``, ``optimizers``, ``schedulers``), plus the fp16 loss scaler's
+        (``grad_scaler``) on that path, written atomically."""
         if current_iter == -1:
             return
         state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [], 'schedulers': []}
@@ -656,5 +660,7 @@ class LKSMNModel(SRModel):
             state['optimizers'].append(optimizer.state_dict())
         for scheduler in self.schedulers:
             state['schedulers'].append(scheduler.state_dict())
+        if self._grad_scaler is not None:
+            state['grad_scaler'] = self._grad_scaler.state_dict()
         save_path = Path(self.opt['path']['training_states']) / f'{current_iter}.state'
         atomic_save(state, save_path, 'training state', warn=get_root_logger().warning)
