@@ -1,7 +1,8 @@
 """Recipe study: LKSMN x4 trained with several recipes for the same wall-clock budget, scored on the validation split.
 
 Each recipe (``RECIPES``: LR patch, batch, learning rate, EMA, precision, how often the sources stored
-without WebP's losses are drawn) becomes an option file made from
+without WebP's losses are drawn, and which HR photos: as built, or a variant of ``HR_VARIANTS`` made in
+``--out``/data/) becomes an option file made from
 ``options/train_LKSMN_x4_openphotos.yml`` (cosine schedule over the whole run, validation on the open-photos
 validation split eight times per run, the fastest training path of this machine: ``train.precision`` and
 ``train.channels_last`` left at auto) and runs through ``lksmn-train --auto_resume`` at a lower priority
