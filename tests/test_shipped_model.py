@@ -126,3 +126,23 @@ def test_model_card_learning_curves_are_the_file_the_benchmark_wrote():
             assert any(point['iteration'] == trained['iterations'] for point in runs[0]['points']), (scale, role)
         assert card['training']['shipped']['iterations'] == pretrained.default_model(scale).iterations
     assert (REPO / 'docs' / 'img' / 'learning_curves.png').is_file()
+
+
+def test_model_card_precision_table_is_the_file_the_benchmark_wrote():
+    """Each row of the bf16-against-fp32 table in docs/models.md: the PSNRs of precision_check_x4.json at that
+    iteration, fp32 first, then each bf16 path with its difference from fp32."""
+    runs = json.loads((REPO / 'benchmarks' / 'results' / 'precision_check_x4.json').read_text())['runs']
+    order = ['x4/fp32 channels_last', 'x4/bf16 autocast channels_last', 'x4/bf16 autocast channels_last, LKCD fp32']
+    psnr = {name: {p['iteration']: p['psnr'] for p in runs[name]['points']} for name in order}
+    card = (REPO / 'docs' / 'models.md').read_text().splitlines()
+    rows = [line for line in card if line.startswith('| 3,500 |') or line.startswith('| 7,000 |')
+            or line.startswith('| 10,500 (end) |')]
+    assert len(rows) == 3
+    for line in rows:
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        iteration = int(cells[0].split()[0].replace(',', ''))
+        fp32, bf16, bf16_lkcd = (psnr[name][iteration] for name in order)
+        assert float(cells[1]) == fp32 and float(cells[2]) == bf16 and float(cells[4]) == bf16_lkcd
+        for cell, value in ((cells[3], bf16 - fp32), (cells[5], bf16_lkcd - fp32)):
+            digits = len(cell.split('.')[1])
+            assert float(cell.replace('−', '-')) == pytest.approx(value, abs=0.6 * 10 ** -digits), (line, cell)
