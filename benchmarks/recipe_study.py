@@ -47,6 +47,7 @@ class Recipe(NamedTuple):
     lr: float
     ema_decay: float = 0.0
     precision: str = 'auto'  # train.precision; a recipe at fp32 gets the iterations of its default-path twin
+    lkcd_depthwise_fp32: Any = 'auto'  # train.lkcd_depthwise_fp32: auto, True or False
     lossless_weight: int = 1  # how often a sub-image of a source stored losslessly or as JPEG is drawn per WebP one
     hr_variant: str = 'as built'  # the training photos as lksmn-prepare built them, or one of HR_VARIANTS
 
@@ -62,8 +63,11 @@ RECIPES: Dict[str, Recipe] = {
     'p16_b8_lr1e-3': Recipe(16, 8, 1e-3),
     'p16_b8_lr4e-3': Recipe(16, 8, 4e-3),
     'p32_b16_lr1e-3_ema': Recipe(32, 16, 1e-3, ema_decay=0.999),  # the shipped model's recipe
-    'p16_b8_lr2e-3_multiscale': Recipe(16, 8, 2e-3, hr_variant='multiscale'),
-    'p16_b8_lr2e-3_webp_x3': Recipe(16, 8, 2e-3, hr_variant='webp_x3'),
+    # the data variants, on the path their baseline p16_b8_lr2e-3 took in that study (its timed start, on a busy
+    # machine, chose plain bf16): so that they differ from it in their photos only
+    'p16_b8_lr2e-3_multiscale': Recipe(16, 8, 2e-3, precision='bf16', lkcd_depthwise_fp32=False,
+                                       hr_variant='multiscale'),
+    'p16_b8_lr2e-3_webp_x3': Recipe(16, 8, 2e-3, precision='bf16', lkcd_depthwise_fp32=False, hr_variant='webp_x3'),
 }
 
 # Training photos other than lksmn-prepare's (issue 25 item 3), made from its photos/train/ folder: factors by
@@ -153,6 +157,7 @@ def recipe_options(name: str, data: Path, iterations: int, meta_info_folder: Pat
     opt['train']['ema_decay'] = recipe.ema_decay
     opt['train']['optim_g']['lr'] = recipe.lr
     opt['train']['precision'] = recipe.precision
+    opt['train']['lkcd_depthwise_fp32'] = recipe.lkcd_depthwise_fp32
     opt['train']['scheduler']['periods'] = [iterations]
     opt['train']['total_iter'] = iterations
     every = max(1, iterations // VAL_TIMES)
@@ -177,6 +182,7 @@ def weighted_meta_info(data: Path, folder: Path, lossless_weight: int) -> Path:
 
 
 PSNR = re.compile(r'# psnr: ([0-9.]+)')
+TRAINING_PATH = re.compile(r'Training path: (.+?), (?:channels_last|NCHW) on ')  # LKSMNModel's log line
 
 
 def learning_curve(log_text: str, val_every: int) -> List[Dict[str, float]]:
@@ -222,16 +228,22 @@ def run_recipe(name: str, data: Path, out: Path, iterations: int, nice: int) -> 
                              f'(see {out / f"study_{name}.console.log"}); run again to resume')
     logs = sorted(experiment.glob('train_study_*.log'))
     text = '\n'.join(p.read_text(errors='replace') for p in logs)
+    paths = TRAINING_PATH.findall(text)
     return {'recipe': name, **RECIPES[name]._asdict(), 'iterations': iterations,
+            'training_path': paths[-1] if paths else None,
             'curve': learning_curve(text, max(1, iterations // VAL_TIMES)), 'wall_s_this_call': round(time.time() - started)}
+
+
+def _path_taken(run: Dict[str, Any]) -> str:
+    return f' ({run["training_path"]})' if run.get('training_path') else ''
 
 
 def format_table(results: Dict[str, Any]) -> str:
     lines = [f'LKSMN x4, {results["minutes"]} minutes of this machine\'s quiet time per recipe ({results["cpu"]}), '
              f'scored on the open-photos validation split ({results["val_images"]} photos, Y, border 4; '
              f'MATLAB bicubic {results["bicubic_psnr"]:.2f} dB). Command: `{results["command"]}`', '',
-             'Precision auto is this machine\'s default training path; a recipe at fp32 runs the iterations of its '
-             'default-path twin (equal iterations, not equal time). Non-WebP weight: how many times each training '
+             'Precision: the option (auto: timed at the start of the run), then the path the run took, from its '
+             'log; a recipe at fp32 runs the iterations of its default-path twin (equal iterations, not equal time). Non-WebP weight: how many times each training '
              'sub-image of a photo not stored as lossy WebP is drawn per WebP one. HR photos: the training photos '
              'as lksmn-prepare built them, or a variant of them (recipe_study.py HR_VARIANTS).', '',
              '| recipe | LR patch | batch | lr | EMA | precision | non-WebP weight | HR photos | iterations | '
@@ -243,7 +255,7 @@ def format_table(results: Dict[str, Any]) -> str:
         best = max(r['curve'], key=lambda c: c['psnr'])
         final = r['curve'][-1]['psnr']
         lines.append(f'| {r["recipe"]} | {r["lr_patch"]} | {r["batch"]} | {r["lr"]:g} | {r["ema_decay"] or "none"} | '
-                     f'{r.get("precision", "auto")} | {r.get("lossless_weight", 1)} | '
+                     f'{r.get("precision", "auto")}{_path_taken(r)} | {r.get("lossless_weight", 1)} | '
                      f'{r.get("hr_variant", "as built")} | {r["iterations"]} | {best["psnr"]:.3f} ({best["iter"]}) | {final:.3f} | '
                      f'{final - results["bicubic_psnr"]:+.2f} |')
     return '\n'.join(lines) + '\n'

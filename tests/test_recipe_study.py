@@ -91,3 +91,16 @@ def test_an_hr_variant_rescales_webp_and_other_photos_by_their_factors_and_train
     opt = recipe_study.recipe_options('p16_b8_lr2e-3_multiscale', tmp_path / 'data', 100, tmp_path / 'meta', made)
     assert opt['datasets']['train']['dataroot_gt'] == str(made / 'openphotos_train_HR_sub.lmdb')
     assert str(tmp_path / 'data' / 'openphotos_val') in opt['datasets']['val']['dataroot_gt']
+
+
+def test_the_data_variants_are_pinned_to_their_baselines_path_and_the_table_names_the_path_each_run_took(tmp_path):
+    opt = recipe_study.recipe_options('p16_b8_lr2e-3_webp_x3', tmp_path, 100, tmp_path / 'meta', tmp_path / 'v')
+    assert (opt['train']['precision'], opt['train']['lkcd_depthwise_fp32']) == ('bf16', False)
+    log = ('2026-12-04 01:29:40,618 INFO: Training path: bf16 autocast, channels_last on cpu (train.precision, '
+           'train.channels_last, train.lkcd_depthwise_fp32).\n')
+    assert recipe_study.TRAINING_PATH.findall(log) == ['bf16 autocast']
+    run = {'recipe': 'p16_b8_lr2e-3', **recipe_study.RECIPES['p16_b8_lr2e-3']._asdict(), 'iterations': 100,
+           'training_path': 'bf16 autocast', 'curve': [{'iter': 100, 'psnr': 32.0}]}
+    table = recipe_study.format_table({'minutes': 1, 'cpu': 'a CPU', 'val_images': 11, 'bicubic_psnr': 31.45,
+                                       'command': 'x', 'runs': [run]})
+    assert '| auto (bf16 autocast) |' in table and '| as built |' in table
