@@ -238,3 +238,29 @@ def test_every_rank_of_a_distributed_run_trains_on_rank_zeros_timed_choice(tmp_p
     mp.spawn(_choose_in_rank, args=(str(tmp_path / 'init'), str(tmp_path)), nprocs=2, join=True)
     assert {(tmp_path / f'rank{r}.txt').read_text() for r in (0, 1)} == {'torch.bfloat16 True'}
     assert paths.rank_zeros_choice((None, False)) == (None, False)  # not distributed: as it is
+
+
+def test_timings_that_spread_like_a_busy_machines_are_retried_then_give_way_to_the_untimed_default(monkeypatch):
+    monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: True)
+    calls = []
+    # fp32 "fastest" on every call, but each candidate's rounds differ 2x: what other processes on the cores do
+    noisy = iter([1.0, 2.0, 2.0] + [1.0, 2.0, 2.0, 2.0, 4.0, 4.0] * 100)
+
+    def time_step(dtype, lkcd_fp32):
+        calls.append((dtype, lkcd_fp32))
+        return next(noisy) / 1000 * (1 if dtype is None else 1.5)
+
+    path = training_path({}, 'cpu', time_step)
+    assert len(calls) == paths.TIMING_ATTEMPTS * 3 * (1 + paths.TIMING_ROUNDS)
+    assert path[1:3] == (torch.bfloat16, True)  # the untimed default, not the noise's pick
+    assert path.lines[0].startswith('Training path not timed: a training step varied by more than 25%')
+    assert 'set train.precision and train.lkcd_depthwise_fp32 to pin it' in path.lines[0]
+
+
+def test_a_steady_timing_is_taken_at_each_candidates_fastest_round(monkeypatch):
+    monkeypatch.setattr(paths, 'cpu_has_native_bf16', lambda: True)
+    rounds = {(None, False): iter([9, 40, 42, 41]), (torch.bfloat16, False): iter([9, 44, 45, 46]),
+              (torch.bfloat16, True): iter([9, 36, 35, 38])}  # warm-up, then three rounds within 25%
+    path = training_path({}, 'cpu', lambda dtype, lkcd: next(rounds[(dtype, lkcd)]) / 1000)
+    assert path[1:3] == (torch.bfloat16, True)
+    assert '40.0 ms in fp32, 44.0 ms in bf16 autocast, 35.0 ms in bf16 autocast with' in path.lines[0]

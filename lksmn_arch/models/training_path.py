@@ -10,7 +10,6 @@ times a few steps of its own network at its own batch shape on each candidate pa
 only where it is clearly faster.
 """
 import copy
-import statistics
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -25,6 +24,10 @@ PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 BF16_MIN_SPEEDUP = 1.05  # bf16 autocast must beat fp32 by this much to be chosen: otherwise fp32's accuracy wins
 TIMING_ROUNDS = 3  # interleaved rounds per candidate path, after one warm-up round each
 TIMING_STEPS = 2  # training steps per round
+# a candidate's slowest round over its fastest, above which the machine is too busy for the timing to mean anything
+# (other processes competing for the cores: a training step then took 60x its quiet time, in any order)
+TIMING_SPREAD_LIMIT = 1.25
+TIMING_ATTEMPTS = 2  # timings tried before the untimed default is taken
 
 Candidate = Tuple[Optional[torch.dtype], bool]  # (autocast dtype or None for fp32, LKCD depthwise convs in fp32)
 StepTimer = Callable[[Optional[torch.dtype], bool], float]  # a Candidate -> seconds per training step
@@ -105,14 +108,26 @@ def training_path(train_opt: Dict[str, Any], device_type: str, time_step: Option
     native_bf16 = cpu_has_native_bf16() if device_type == 'cpu' else torch.cuda.is_bf16_supported()
     candidates = _timed_candidates(train_opt, device_type, network_has_lkcd) if time_step is not None else []
     if candidates:
-        seconds = dict(zip(candidates, time_paths(time_step, candidates)))
-        dtype, lkcd_fp32 = rank_zeros_choice(choose_path(seconds))
-        timings = ', '.join(f'{s * 1000:.1f} ms in {_candidate_name(c)}' for c, s in seconds.items())
         pins = ' and '.join(f'train.{key}' for key, value in (('precision', precision), ('lkcd_depthwise_fp32', lkcd))
                             if value == 'auto')
-        lines.append(f'Training path timed: a training step of this network and batch took {timings} on this CPU; '
-                     f'{_candidate_name((dtype, lkcd_fp32))} taken (bf16 needs {BF16_MIN_SPEEDUP:.2f}x over fp32; '
-                     f'set {pins} to pin it).')
+        timed = None
+        for _ in range(TIMING_ATTEMPTS):
+            timed = time_paths(time_step, candidates)
+            if timed is not None:
+                break
+        if timed is not None:
+            seconds = dict(zip(candidates, timed))
+            dtype, lkcd_fp32 = rank_zeros_choice(choose_path(seconds))
+            timings = ', '.join(f'{s * 1000:.1f} ms in {_candidate_name(c)}' for c, s in seconds.items())
+            lines.append(f'Training path timed: a training step of this network and batch took {timings} on this '
+                         f'CPU; {_candidate_name((dtype, lkcd_fp32))} taken (bf16 needs {BF16_MIN_SPEEDUP:.2f}x over '
+                         f'fp32; set {pins} to pin it).')
+        else:  # the untimed default, as when the options are only checked
+            dtype, lkcd_fp32 = rank_zeros_choice((torch.bfloat16, network_has_lkcd and lkcd is not False))
+            lines.append(f'Training path not timed: a training step varied by more than '
+                         f'{(TIMING_SPREAD_LIMIT - 1) * 100:.0f}% from one timed round to the next, twice (other work '
+                         f'is competing for this CPU); {_candidate_name((dtype, lkcd_fp32))} taken, the default on a '
+                         f'CPU with native bf16 (set {pins} to pin it).')
     else:
         if precision == 'auto':
             precision = 'bf16' if device_type == 'cpu' and native_bf16 else 'fp32'
@@ -143,16 +158,20 @@ def rank_zeros_choice(candidate: Candidate) -> Candidate:
     return dtypes[int(code[0])], bool(code[1])
 
 
-def time_paths(time_step: StepTimer, candidates: Sequence[Candidate], rounds: int = TIMING_ROUNDS) -> List[float]:
-    """Median seconds per step of each candidate, in interleaved rounds after a warm-up round of each (so that a
-    machine that gets busier or quieter meanwhile weighs on all alike)."""
+def time_paths(time_step: StepTimer, candidates: Sequence[Candidate],
+               rounds: int = TIMING_ROUNDS) -> Optional[List[float]]:
+    """Seconds per step of each candidate, its fastest round, from interleaved rounds after a warm-up round of each
+    (so that a machine that gets busier or quieter meanwhile weighs on all alike); None where a candidate's rounds
+    spread beyond ``TIMING_SPREAD_LIMIT``, which only a busy machine does."""
     for candidate in candidates:
         time_step(*candidate)
     seconds: List[List[float]] = [[] for _ in candidates]
     for _ in range(rounds):
         for times, candidate in zip(seconds, candidates):
             times.append(time_step(*candidate))
-    return [statistics.median(times) for times in seconds]
+    if any(max(times) > TIMING_SPREAD_LIMIT * min(times) for times in seconds):
+        return None
+    return [min(times) for times in seconds]
 
 
 def network_step_timer(net: torch.nn.Module, batch_size: int, lr_patch: int, scale: int, channels_last: bool,
