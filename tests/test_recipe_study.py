@@ -104,3 +104,10 @@ def test_the_data_variants_are_pinned_to_their_baselines_path_and_the_table_name
     table = recipe_study.format_table({'minutes': 1, 'cpu': 'a CPU', 'val_images': 11, 'bicubic_psnr': 31.45,
                                        'command': 'x', 'runs': [run]})
     assert '| auto (bf16 autocast) |' in table and '| as built |' in table
+
+
+def test_the_model_card_holds_the_data_variant_study_as_the_study_wrote_it():
+    written = (Path(__file__).resolve().parents[1] / 'benchmarks' / 'results' / 'recipe_study_data_x4.md').read_text()
+    card = (Path(__file__).resolve().parents[1] / 'docs' / 'models.md').read_text()
+    missing = [line for line in written.splitlines() if line.strip() and line not in card]
+    assert not missing, missing[0]
