@@ -68,6 +68,7 @@ RECIPES: Dict[str, Recipe] = {
     'p16_b8_lr2e-3_multiscale': Recipe(16, 8, 2e-3, precision='bf16', lkcd_depthwise_fp32=False,
                                        hr_variant='multiscale'),
     'p16_b8_lr2e-3_webp_x3': Recipe(16, 8, 2e-3, precision='bf16', lkcd_depthwise_fp32=False, hr_variant='webp_x3'),
+    'p16_b8_lr4e-3_plain_bf16': Recipe(16, 8, 4e-3, precision='bf16', lkcd_depthwise_fp32=False),  # the same study
 }
 
 # Training photos other than lksmn-prepare's (issue 25 item 3), made from its photos/train/ folder: factors by
