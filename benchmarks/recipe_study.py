@@ -112,7 +112,7 @@ def build_hr_variant(data: Path, folder: Path, variant: str) -> Path:
     the open-photos set's own settings); finished files are kept, so a second call only checks. Returns the
     folder that holds its ``openphotos_train_*`` LMDBs."""
     from lksmn_arch.data.open_photos import SUB_IMAGES, TRAIN_NAME
-    from lksmn_arch.data.prepare import prepare_div2k
+    from lksmn_arch.data.prepare import prepare_div2k, read_image, write_png_atomic
     factors = HR_VARIANTS[variant]
     webp = _webp_ids()
     photos = folder / 'photos'
@@ -122,13 +122,11 @@ def build_hr_variant(data: Path, folder: Path, variant: str) -> Path:
             target = photos / (source.name if factor == 1 else f'{source.stem}_scaled{round(factor * 100)}.png')
             if target.exists():
                 continue
-            image = cv2.imread(str(source), cv2.IMREAD_COLOR)
+            image = read_image(source)
             if factor != 1:
                 height, width = image.shape[:2]
                 image = cv2.resize(image, (round(width * factor), round(height * factor)), interpolation=cv2.INTER_AREA)
-            temporary = target.with_name(f'.{target.name}.tmp.png')
-            cv2.imwrite(str(temporary), image)
-            temporary.replace(target)
+            write_png_atomic(image, target)
     prepare_div2k([photos], folder, TRAIN_NAME, SUB_IMAGES, workers=2, lmdb=True)  # too small: a warning each
     return folder
 
@@ -244,9 +242,10 @@ def format_table(results: Dict[str, Any]) -> str:
              f'scored on the open-photos validation split ({results["val_images"]} photos, Y, border 4; '
              f'MATLAB bicubic {results["bicubic_psnr"]:.2f} dB). Command: `{results["command"]}`', '',
              'Precision: the option (auto: timed at the start of the run), then the path the run took, from its '
-             'log; a recipe at fp32 runs the iterations of its default-path twin (equal iterations, not equal time). Non-WebP weight: how many times each training '
-             'sub-image of a photo not stored as lossy WebP is drawn per WebP one. HR photos: the training photos '
-             'as lksmn-prepare built them, or a variant of them (recipe_study.py HR_VARIANTS).', '',
+             'log; a recipe at fp32 runs the iterations of its default-path twin (equal iterations, not equal time). '
+             'Non-WebP weight: how many times each training sub-image of a photo not stored as lossy WebP is drawn '
+             'per WebP one. HR photos: the training photos as lksmn-prepare built them, or a variant of them '
+             '(recipe_study.py HR_VARIANTS).', '',
              '| recipe | LR patch | batch | lr | EMA | precision | non-WebP weight | HR photos | iterations | '
              'best val PSNR (at iter) | final val PSNR | final gain over bicubic |',
              '|---|---:|---:|---:|---:|---|---:|---|---:|---:|---:|---:|']

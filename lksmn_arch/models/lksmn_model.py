@@ -334,7 +334,7 @@ class LKSMNModel(SRModel):
     files only need the type changed. Adds option ``train.max_nonfinite_steps`` (default 20)."""
 
     def __init__(self, opt: Dict[str, Any]) -> None:
-        self._channels_last, self._autocast_dtype, self._lkcd_depthwise_fp32 = False, None, False
+        self._channels_last, self._autocast_dtype = False, None
         self._grad_scaler: Optional[torch.amp.GradScaler] = None
         if opt.get('is_train') and isinstance(opt.get('train'), dict):
             # the layout (and the options' check) before BasicSR builds and moves the network; the rest is final
@@ -353,7 +353,7 @@ class LKSMNModel(SRModel):
             return
         path_lines: List[str] = []
         if isinstance(opt.get('train'), dict):
-            self._autocast_dtype, self._lkcd_depthwise_fp32, path_lines = self._final_path(opt['train'])
+            self._autocast_dtype, path_lines = self._final_path(opt['train'])
         logger = get_root_logger()
         for line in path_lines:
             logger.info(line)
@@ -372,9 +372,9 @@ class LKSMNModel(SRModel):
         if not install_signal_handlers():
             logger.warning('Not in the main thread: SIGTERM/SIGINT will not save a training state before exiting.')
 
-    def _final_path(self, train_opt: Dict[str, Any]) -> Tuple[Optional[torch.dtype], bool, List[str]]:
-        """The autocast dtype, whether LKCD's depthwise convs stay fp32 under it (set on net_g here), and the lines
-        to log. On a CPU with native bf16, with options at auto, the path is whichever a few timed steps of this
+    def _final_path(self, train_opt: Dict[str, Any]) -> Tuple[Optional[torch.dtype], List[str]]:
+        """The autocast dtype and the lines to log; whether LKCD's depthwise convs stay fp32 under it is set on
+        net_g here. On a CPU with native bf16, with options at auto, the path is whichever a few timed steps of this
         network at the training batch shape say is fastest (``training_path``)."""
         net = self.get_bare_model(self.net_g)
         network_has_lkcd = set_lkcd_depthwise_fp32(net, False) > 0
@@ -386,7 +386,7 @@ class LKSMNModel(SRModel):
             timer = network_step_timer(net, batch_size, lr_patch, self.opt['scale'], self._channels_last, self.device)
         path = training_path(train_opt, self.device.type, timer, network_has_lkcd)
         set_lkcd_depthwise_fp32(net, path.lkcd_depthwise_fp32)
-        return path.autocast_dtype, path.lkcd_depthwise_fp32, path.lines
+        return path.autocast_dtype, path.lines
 
     def model_to_device(self, net: torch.nn.Module) -> torch.nn.Module:
         """BaseModel's, with the weights put in channels_last first when training on that path."""
