@@ -50,6 +50,8 @@ class Recipe(NamedTuple):
     lkcd_depthwise_fp32: Any = 'auto'  # train.lkcd_depthwise_fp32: auto, True or False
     lossless_weight: int = 1  # how often a sub-image of a source stored losslessly or as JPEG is drawn per WebP one
     hr_variant: str = 'as built'  # the training photos as lksmn-prepare built them, or one of HR_VARIANTS
+    # progressive patches: (share of the time, LR patch) per stage, smallest first; lr_patch is the largest
+    progressive: Tuple[Tuple[float, int], ...] = ()
 
 
 RECIPES: Dict[str, Recipe] = {
@@ -69,6 +71,12 @@ RECIPES: Dict[str, Recipe] = {
                                        hr_variant='multiscale'),
     'p16_b8_lr2e-3_webp_x3': Recipe(16, 8, 2e-3, precision='bf16', lkcd_depthwise_fp32=False, hr_variant='webp_x3'),
     'p16_b8_lr4e-3_plain_bf16': Recipe(16, 8, 4e-3, precision='bf16', lkcd_depthwise_fp32=False),  # the same study
+    # batch and EMA at equal time, on the same path as that study's baseline
+    'p16_b16_lr2e-3_plain_bf16': Recipe(16, 16, 2e-3, precision='bf16', lkcd_depthwise_fp32=False),
+    'p16_b8_lr2e-3_ema_plain_bf16': Recipe(16, 8, 2e-3, ema_decay=0.999, precision='bf16', lkcd_depthwise_fp32=False),
+    # a progressive schedule: 16x16 patches for 70% of the time, 32x32 for the last 30%
+    'p16to32_b8_lr2e-3_plain_bf16': Recipe(32, 8, 2e-3, precision='bf16', lkcd_depthwise_fp32=False,
+                                           progressive=((0.7, 16), (0.3, 32))),
 }
 
 # Training photos other than lksmn-prepare's (issue 25 item 3), made from its photos/train/ folder: factors by
@@ -99,6 +107,23 @@ def seconds_per_iteration(speed: Dict[str, Any], patch: int, batch: int) -> floa
         raise SystemExit(f'recipe_study.py: error: the speed file has no LKSMN row for LR patch {patch}, batch '
                          f'{batch} (run benchmarks/train_speed.py --patches {patch} --batch {batch})')
     return min(r['ms_per_iter'] for r in rows) / 1000
+
+
+def read_speed_files(paths: Sequence[Path]) -> Dict[str, Any]:
+    """Speed files of one machine as one: the first file's facts, every file's rows; files of another CPU refused."""
+    files = [json.loads(Path(p).read_text()) for p in paths]
+    for path, other in zip(paths[1:], files[1:]):
+        if other['cpu'] != files[0]['cpu']:
+            raise SystemExit(f'recipe_study.py: error: {path} was measured on {other["cpu"]}, {paths[0]} on '
+                             f'{files[0]["cpu"]}: one machine\'s speed files only')
+    return {**files[0], 'rows': [row for f in files for row in f['rows']]}
+
+
+def stage_iterations(recipe: Recipe, speed: Dict[str, Any], minutes: float) -> List[int]:
+    """The iterations of each of a recipe's stages (one, unless progressive) in ``minutes`` of quiet time."""
+    stages = recipe.progressive or ((1.0, recipe.lr_patch),)
+    return [int(round(minutes * 60 * share / seconds_per_iteration(speed, patch, recipe.batch), -1))
+            for share, patch in stages]
 
 
 def _webp_ids() -> set:
@@ -132,8 +157,9 @@ def build_hr_variant(data: Path, folder: Path, variant: str) -> Path:
 
 
 def recipe_options(name: str, data: Path, iterations: int, meta_info_folder: Path,
-                   train_data: Optional[Path] = None) -> Dict[str, Any]:
-    """The option file of one recipe; ``train_data``: the folder of its training LMDBs (default ``data``)."""
+                   train_data: Optional[Path] = None, stages: Sequence[int] = ()) -> Dict[str, Any]:
+    """The option file of one recipe; ``train_data``: the folder of its training LMDBs (default ``data``);
+    ``stages``: the iterations of each progressive stage (``stage_iterations``), which sum to ``iterations``."""
     recipe = RECIPES[name]
     opt = yaml.safe_load(TEMPLATE.read_text())
     opt['name'] = f'study_{name}'
@@ -159,6 +185,9 @@ def recipe_options(name: str, data: Path, iterations: int, meta_info_folder: Pat
     opt['train']['lkcd_depthwise_fp32'] = recipe.lkcd_depthwise_fp32
     opt['train']['scheduler']['periods'] = [iterations]
     opt['train']['total_iter'] = iterations
+    if recipe.progressive:
+        starts = [sum(stages[:i]) for i in range(len(stages))]
+        opt['train']['progressive_patches'] = [[start, patch] for start, (_, patch) in zip(starts, recipe.progressive)]
     every = max(1, iterations // VAL_TIMES)
     opt['val']['val_freq'] = every
     opt['logger']['save_checkpoint_freq'] = every
@@ -205,14 +234,16 @@ def bicubic_psnr(data: Path) -> float:
     return sum(values) / len(values)
 
 
-def run_recipe(name: str, data: Path, out: Path, iterations: int, nice: int) -> Dict[str, Any]:
-    """Train one recipe (resuming if it ran before) and read its learning curve from its logs."""
+def run_recipe(name: str, data: Path, out: Path, stages: Sequence[int], nice: int) -> Dict[str, Any]:
+    """Train one recipe for the iterations of its stages (resuming if it ran before) and read its learning curve
+    from its logs."""
+    iterations = sum(stages)
     option_file = out / 'options' / f'study_{name}.yml'
     option_file.parent.mkdir(parents=True, exist_ok=True)
     variant = RECIPES[name].hr_variant
     train_data = None if variant == 'as built' else build_hr_variant(data, out / 'data' / variant, variant)
-    option_file.write_text(yaml.safe_dump(recipe_options(name, data, iterations, out / 'meta_info', train_data),
-                                          sort_keys=False))
+    options = recipe_options(name, data, iterations, out / 'meta_info', train_data, stages)
+    option_file.write_text(yaml.safe_dump(options, sort_keys=False))
     experiment = out / 'experiments' / f'study_{name}'
     done = experiment / 'models' / 'net_g_latest.pth'
     started = time.time()
@@ -228,7 +259,7 @@ def run_recipe(name: str, data: Path, out: Path, iterations: int, nice: int) -> 
     logs = sorted(experiment.glob('train_study_*.log'))
     text = '\n'.join(p.read_text(errors='replace') for p in logs)
     paths = TRAINING_PATH.findall(text)
-    return {'recipe': name, **RECIPES[name]._asdict(), 'iterations': iterations,
+    return {'recipe': name, **RECIPES[name]._asdict(), 'iterations': iterations, 'stage_iterations': list(stages),
             'training_path': paths[-1] if paths else None,
             'curve': learning_curve(text, max(1, iterations // VAL_TIMES)), 'wall_s_this_call': round(time.time() - started)}
 
@@ -254,7 +285,8 @@ def format_table(results: Dict[str, Any]) -> str:
             continue
         best = max(r['curve'], key=lambda c: c['psnr'])
         final = r['curve'][-1]['psnr']
-        lines.append(f'| {r["recipe"]} | {r["lr_patch"]} | {r["batch"]} | {r["lr"]:g} | {r["ema_decay"] or "none"} | '
+        patch = '→'.join(str(p) for _, p in r['progressive']) if r.get('progressive') else r['lr_patch']
+        lines.append(f'| {r["recipe"]} | {patch} | {r["batch"]} | {r["lr"]:g} | {r["ema_decay"] or "none"} | '
                      f'{r.get("precision", "auto")}{_path_taken(r)} | {r.get("lossless_weight", 1)} | '
                      f'{r.get("hr_variant", "as built")} | {r["iterations"]} | {best["psnr"]:.3f} ({best["iter"]}) | {final:.3f} | '
                      f'{final - results["bicubic_psnr"]:+.2f} |')
@@ -265,7 +297,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='recipe_study.py', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data', type=Path, required=True, help='an lksmn-prepare open-photos folder')
-    parser.add_argument('--speed', type=Path, required=True, help="train_speed.py's JSON, measured quietly here")
+    parser.add_argument('--speed', type=Path, nargs='+', required=True,
+                        help="train_speed.py's JSON files, measured quietly here (their rows together)")
     parser.add_argument('--minutes', type=float, default=20, help='quiet wall-clock budget per recipe (default 20)')
     parser.add_argument('--recipes', nargs='+', default=list(RECIPES)[:4], choices=list(RECIPES))
     parser.add_argument('--out', type=Path, required=True, help='where the runs go (outside the repository)')
@@ -276,16 +309,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     data, out = args.data.resolve(), args.out.resolve()
     if not (data / 'openphotos_val' / f'GTmod{SCALE}').is_dir():
         parser.error(f'--data {data} has no openphotos_val/GTmod{SCALE} (run lksmn-prepare open-photos)')
-    speed = json.loads(args.speed.read_text())
+    speed = read_speed_files(args.speed)
     out.mkdir(parents=True, exist_ok=True)
-    results: Dict[str, Any] = {'minutes': args.minutes, 'cpu': speed['cpu'], 'speed_file': str(args.speed),
+    results: Dict[str, Any] = {'minutes': args.minutes, 'cpu': speed['cpu'],
+                               'speed_file': ' '.join(map(str, args.speed)),
                                'command': 'python benchmarks/recipe_study.py ' + ' '.join(sys.argv[1:]),
                                'val_images': len(list((data / 'openphotos_val' / f'GTmod{SCALE}').glob('*.png'))),
                                'bicubic_psnr': round(bicubic_psnr(data), 4), 'runs': []}
     for name in args.recipes:
-        recipe = RECIPES[name]
-        iterations = int(round(args.minutes * 60 / seconds_per_iteration(speed, recipe.lr_patch, recipe.batch), -1))
-        results['runs'].append(run_recipe(name, data, out, iterations, args.nice))
+        results['runs'].append(run_recipe(name, data, out, stage_iterations(RECIPES[name], speed, args.minutes),
+                                          args.nice))
         save_report(results, args.json, format_table(results), args.markdown)  # after every recipe
     return 0
 

@@ -111,3 +111,30 @@ def test_the_model_card_holds_the_data_variant_study_as_the_study_wrote_it():
     card = (Path(__file__).resolve().parents[1] / 'docs' / 'models.md').read_text()
     missing = [line for line in written.splitlines() if line.strip() and line not in card]
     assert not missing, missing[0]
+
+
+def test_a_progressive_recipe_spends_each_stages_share_of_the_time_at_its_patches_and_its_options_pass_the_checks(tmp_path):
+    from lksmn_arch.models.patch_schedule import read_patch_schedule
+    row = {'network': 'LKSMN', 'batch': 8, 'path': 'bf16 channels_last', 'loader': 'LMDB dataloader', 'default': True}
+    speed = {'rows': [{**row, 'lr_patch': 16, 'ms_per_iter': 60.0}, {**row, 'lr_patch': 32, 'ms_per_iter': 120.0}]}
+    recipe = recipe_study.RECIPES['p16to32_b8_lr2e-3_plain_bf16']
+    stages = recipe_study.stage_iterations(recipe, speed, 20)
+    assert stages == [14000, 3000]  # 70% of 20 minutes at 60 ms, 30% at 120 ms
+    assert recipe_study.stage_iterations(recipe_study.RECIPES['p16_b8_lr2e-3'], speed, 20) == [20000]
+    opt = recipe_study.recipe_options('p16to32_b8_lr2e-3_plain_bf16', tmp_path, sum(stages), tmp_path / 'meta',
+                                      stages=stages)
+    assert opt['datasets']['train']['gt_size'] == 128  # the dataset crops the largest stage's patches
+    assert opt['train']['total_iter'] == 17000 and opt['train']['scheduler']['periods'] == [17000]
+    assert read_patch_schedule(opt) == [(0, 16), (14000, 32)]
+
+
+def test_speed_files_of_one_machine_are_read_as_one_and_another_machines_refused(tmp_path):
+    import json
+    first, second, other = (tmp_path / f'{n}.json' for n in ('a', 'b', 'c'))
+    first.write_text(json.dumps({'cpu': 'Xeon', 'scale': 4, 'rows': [{'batch': 8}]}))
+    second.write_text(json.dumps({'cpu': 'Xeon', 'scale': 4, 'rows': [{'batch': 16}]}))
+    other.write_text(json.dumps({'cpu': 'EPYC', 'rows': []}))
+    merged = recipe_study.read_speed_files([first, second])
+    assert merged['cpu'] == 'Xeon' and merged['rows'] == [{'batch': 8}, {'batch': 16}]
+    with pytest.raises(SystemExit, match='measured on EPYC'):
+        recipe_study.read_speed_files([first, other])

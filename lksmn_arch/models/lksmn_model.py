@@ -58,6 +58,7 @@ from lksmn_arch.training import resume
 from lksmn_arch.utils.atomic import atomic_save, check_writable, remove_stale_temporaries
 from lksmn_arch.utils.checkpoint import CheckpointError, check_weights
 from lksmn_arch.archs.lksmn_arch import set_lkcd_depthwise_fp32
+from lksmn_arch.models.patch_schedule import crop_batch, lr_patch_at, read_patch_schedule
 from lksmn_arch.models.training_path import network_step_timer, path_is_timed, training_path
 from lksmn_arch.training.resume import TrainingError, load_trusted
 
@@ -331,7 +332,8 @@ def _all_finite(tensors: List[torch.Tensor]) -> torch.Tensor:
 @MODEL_REGISTRY.register()
 class LKSMNModel(SRModel):
     """SRModel for LKSMN. Option keys and file layout are BasicSR's, so ``model_type: SRModel`` option
-    files only need the type changed. Adds option ``train.max_nonfinite_steps`` (default 20)."""
+    files only need the type changed. Adds options ``train.max_nonfinite_steps`` (default 20), ``train.precision``,
+    ``train.channels_last``, ``train.lkcd_depthwise_fp32`` and ``train.progressive_patches``."""
 
     def __init__(self, opt: Dict[str, Any]) -> None:
         self._channels_last, self._autocast_dtype = False, None
@@ -343,6 +345,10 @@ class LKSMNModel(SRModel):
             self._channels_last, self._autocast_dtype = training_path(opt['train'], device_type)[:2]
             if self._autocast_dtype == torch.float16:  # fp16 gradients underflow without loss scaling
                 self._grad_scaler = torch.amp.GradScaler(device_type)
+        self._patch_stages = read_patch_schedule(opt) if opt.get('is_train') else []
+        self._iteration = 0  # the iteration BasicSR's loop is on (update_learning_rate tells it)
+        self._lr_patch: Optional[int] = None  # the progressive stage's LR patch last used
+        self._validating = False
         self._nonfinite_steps = 0
         self.skipped_steps = 0  # every step skipped as non-finite so far (the scaler's own skips not counted)
         self._epoch: int = 0  # the last epoch BasicSR told the model (resume state or save); 0 if none yet
@@ -383,6 +389,8 @@ class LKSMNModel(SRModel):
             train_set = (self.opt.get('datasets') or {}).get('train') or {}
             batch_size = int(train_set.get('batch_size_per_gpu') or 8)
             lr_patch = max(1, int(train_set.get('gt_size') or 16 * self.opt['scale']) // self.opt['scale'])
+            if self._patch_stages:  # timed at the first stage's patches
+                lr_patch = self._patch_stages[0][1]
             timer = network_step_timer(net, batch_size, lr_patch, self.opt['scale'], self._channels_last, self.device)
         path = training_path(train_opt, self.device.type, timer, network_has_lkcd)
         set_lkcd_depthwise_fp32(net, path.lkcd_depthwise_fp32)
@@ -394,11 +402,34 @@ class LKSMNModel(SRModel):
             net = net.to(memory_format=torch.channels_last)
         return super().model_to_device(net)
 
+    def update_learning_rate(self, current_iter: int, warmup_iter: int = -1) -> None:
+        """BaseModel's, remembering the iteration: BasicSR's loop calls this just before each batch's feed_data."""
+        self._iteration = current_iter
+        super().update_learning_rate(current_iter, warmup_iter)
+
     def feed_data(self, data: Dict[str, Any]) -> None:
-        """SRModel's; the training input in channels_last on that path."""
+        """SRModel's; a training batch cropped to the progressive stage's patches, and in channels_last on that
+        path."""
         super().feed_data(data)
-        if self._channels_last and self.is_train and self.net_g.training:
+        if not (self.is_train and self.net_g.training and not self._validating):
+            return
+        if self._patch_stages and hasattr(self, 'gt'):
+            lr_patch = lr_patch_at(self._patch_stages, self._iteration)
+            if lr_patch != self._lr_patch:
+                get_root_logger().info(f'Progressive patches: LR patches of {lr_patch}x{lr_patch} from iteration '
+                                       f'{self._iteration}.')
+                self._lr_patch = lr_patch
+            self.lq, self.gt = crop_batch(self.lq, self.gt, lr_patch, self.opt['scale'])
+        if self._channels_last:
             self.lq = self.lq.contiguous(memory_format=torch.channels_last)
+
+    def validation(self, dataloader: Any, current_iter: int, tb_logger: Any, save_img: bool = False) -> None:
+        """BaseModel's, with the training batch's handling (crops, layout) off for the validation images."""
+        self._validating = True
+        try:
+            super().validation(dataloader, current_iter, tb_logger, save_img)
+        finally:
+            self._validating = False
 
     def init_training_settings(self) -> None:
         """SRModel's, plus ``train.max_nonfinite_steps``; and an EMA network that starts as net_g where a

@@ -39,7 +39,7 @@ KNOWN_KEYS: Dict[str, Tuple[str, ...]] = {
              'training_states', 'log', 'visualization', 'results_root'),
     'train': ('ema_decay', 'optim_g', 'optim_d', 'scheduler', 'total_iter', 'warmup_iter', 'pixel_opt',
               'perceptual_opt', 'gan_opt', 'net_d_iters', 'net_d_init_iters', 'max_nonfinite_steps', 'precision',
-              'channels_last', 'lkcd_depthwise_fp32'),
+              'channels_last', 'lkcd_depthwise_fp32', 'progressive_patches'),
     'dataset': ('name', 'type', 'dataroot_gt', 'dataroot_lq', 'meta_info_file', 'filename_tmpl', 'io_backend',
                 'gt_size', 'use_hflip', 'use_rot', 'num_worker_per_gpu', 'batch_size_per_gpu',
                 'dataset_enlarge_ratio', 'prefetch_mode', 'pin_memory', 'persistent_workers', 'num_prefetch_queue',
@@ -359,6 +359,12 @@ def _check_train_section(opt: Dict[str, Any], opt_path: str) -> None:
                 _number(opt_path, f'train.{name}.betas[{index}]', beta, 0, 1, below=True)
     if opt.get('model_type') in GUARDED_MODEL_TYPES:
         _check_guarded_train_section(train, opt_path)
+        from lksmn_arch.models.patch_schedule import read_patch_schedule
+        from lksmn_arch.errors import TrainingError
+        try:
+            read_patch_schedule(opt)
+        except TrainingError as error:
+            raise OptionsError(f'{opt_path}: {error}') from None
 
 
 def _unexpected_arguments(function: Any, given: Sequence[str], skip: int) -> List[str]:
