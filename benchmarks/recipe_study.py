@@ -73,6 +73,7 @@ RECIPES: Dict[str, Recipe] = {
     'p16_b8_lr4e-3_plain_bf16': Recipe(16, 8, 4e-3, precision='bf16', lkcd_depthwise_fp32=False),  # the same study
     # batch and EMA at equal time, on the same path as that study's baseline
     'p16_b16_lr2e-3_plain_bf16': Recipe(16, 16, 2e-3, precision='bf16', lkcd_depthwise_fp32=False),
+    'p16_b32_lr2e-3_plain_bf16': Recipe(16, 32, 2e-3, precision='bf16', lkcd_depthwise_fp32=False),
     'p16_b8_lr2e-3_ema_plain_bf16': Recipe(16, 8, 2e-3, ema_decay=0.999, precision='bf16', lkcd_depthwise_fp32=False),
     # a progressive schedule: 16x16 patches for 70% of the time, 32x32 for the last 30%
     'p16to32_b8_lr2e-3_plain_bf16': Recipe(32, 8, 2e-3, precision='bf16', lkcd_depthwise_fp32=False,
@@ -276,7 +277,8 @@ def format_table(results: Dict[str, Any]) -> str:
              'log; a recipe at fp32 runs the iterations of its default-path twin (equal iterations, not equal time). '
              'Non-WebP weight: how many times each training sub-image of a photo not stored as lossy WebP is drawn '
              'per WebP one. HR photos: the training photos as lksmn-prepare built them, or a variant of them '
-             '(recipe_study.py HR_VARIANTS).', '',
+             '(recipe_study.py HR_VARIANTS). LR patch a→b: progressive patches, each stage its share of the time '
+             '(recipe_study.py RECIPES; the iterations of each stage in the JSON).', '',
              '| recipe | LR patch | batch | lr | EMA | precision | non-WebP weight | HR photos | iterations | '
              'best val PSNR (at iter) | final val PSNR | final gain over bicubic |',
              '|---|---:|---:|---:|---:|---|---:|---|---:|---:|---:|---:|']
